@@ -1,0 +1,213 @@
+"""Oracle tests of the math: each piece of ppo.py against a naive or library reference."""
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import ppo
+
+
+def naive_advantages(rewards, values, next_values, terminated, episode_ended, gamma, gae_lambda):
+    """A_t = sum_l (gamma * lambda)^l delta_{t+l}, summed term by term until the episode
+    (or the rollout) ends, each delta computed on its own."""
+    steps, envs = rewards.shape
+    advantages = np.zeros_like(rewards)
+    for n in range(envs):
+        for t in range(steps):
+            total = 0.0
+            for l in range(steps - t):
+                k = t + l
+                bootstrap = 0.0 if terminated[k, n] else next_values[k, n]
+                delta = rewards[k, n] + gamma * bootstrap - values[k, n]
+                total += (gamma * gae_lambda) ** l * delta
+                if episode_ended[k, n]:
+                    break
+            advantages[t, n] = total
+    return advantages
+
+
+def test_gae_matches_the_naive_sum_with_terminated_and_truncated_episodes():
+    generator = np.random.default_rng(0)
+    steps, envs = 12, 3
+    rewards = generator.normal(size=(steps, envs))
+    values = generator.normal(size=(steps, envs))
+    next_values = generator.normal(size=(steps, envs))
+    terminated = np.zeros((steps, envs))
+    truncated = np.zeros((steps, envs))
+    terminated[3, 0] = terminated[9, 1] = 1.0
+    truncated[6, 0] = truncated[2, 2] = truncated[11, 1] = 1.0
+    episode_ended = np.maximum(terminated, truncated)
+    gamma, gae_lambda = 0.97, 0.9
+    expected = naive_advantages(rewards, values, next_values, terminated, episode_ended, gamma, gae_lambda)
+    as_tensor = lambda array: torch.tensor(array, dtype=torch.float64)
+    actual = ppo.generalized_advantages(as_tensor(rewards), as_tensor(values), as_tensor(next_values),
+                                        as_tensor(terminated), as_tensor(episode_ended), gamma, gae_lambda)
+    np.testing.assert_allclose(actual.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_gae_with_lambda_one_is_the_discounted_return_minus_the_value():
+    rewards = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)
+    values = torch.tensor([[0.5], [0.25], [0.125]], dtype=torch.float64)
+    next_values = torch.tensor([[0.25], [0.125], [10.0]], dtype=torch.float64)
+    zeros = torch.zeros_like(rewards)
+    advantages = ppo.generalized_advantages(rewards, values, next_values, zeros, zeros, 0.5, 1.0)
+    returns = [1 + 0.5 * 2 + 0.25 * 3 + 0.125 * 10, 2 + 0.5 * 3 + 0.25 * 10, 3 + 0.5 * 10]
+    np.testing.assert_allclose((advantages + values).squeeze(1).numpy(), returns)
+
+
+def test_buffer_bootstraps_truncation_from_the_final_observation_and_skips_the_reset_step():
+    """NEXT_STEP layout: episode truncated at t=1, autoreset step at t=2 whose stored
+    observation is the episode's final observation, new episode from t=3."""
+    space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    buffer = ppo.PPOBuffer(4, 1, space, gym.spaces.Discrete(2), torch.device("cpu"))
+    values = [1.0, 2.0, 7.0, 3.0]  # 7.0 is V(final observation of the first episode)
+    rewards = [1.0, 1.0, 0.0, 1.0]
+    truncated = [False, True, False, False]
+    for t in range(4):
+        buffer.store(t, torch.zeros(1, 1), torch.zeros(1, dtype=torch.int64), torch.zeros(1), torch.tensor([values[t]]),
+                     np.array([rewards[t]]), np.array([False]), np.array([truncated[t]]), np.array([t != 2]))
+    gamma, gae_lambda = 0.9, 0.8
+    advantages, returns = buffer.advantages_and_returns(torch.tensor([5.0]), gamma, gae_lambda)
+    delta_1 = 1.0 + gamma * 7.0 - 2.0  # bootstraps from V(final observation), not from the reset state
+    delta_0 = 1.0 + gamma * 2.0 - 1.0
+    delta_3 = 1.0 + gamma * 5.0 - 3.0
+    assert advantages[1, 0].item() == pytest.approx(delta_1)
+    assert advantages[0, 0].item() == pytest.approx(delta_0 + gamma * gae_lambda * delta_1)
+    assert advantages[3, 0].item() == pytest.approx(delta_3)
+    batch = buffer.flatten_valid(advantages, returns)
+    assert batch["advantages"].shape == (3,)  # the autoreset step is no transition
+    np.testing.assert_allclose(batch["returns"].numpy(), (advantages + buffer.values)[[0, 1, 3], 0].numpy())
+
+
+def test_next_step_autoreset_returns_the_final_observation_then_the_reset_one():
+    """The property the buffer relies on, checked on the real CartPole vector environment."""
+    envs = gym.make_vec("CartPole-v1", num_envs=1, vectorization_mode="vector_entry_point", max_episode_steps=3)
+    observation, _ = envs.reset(seed=0)
+    for _ in range(3):
+        previous = observation
+        observation, reward, terminated, truncated, _ = envs.step(np.array([0]))
+    assert truncated[0] and not terminated[0]
+    # A final observation continues the physics: position moved by tau * velocity.
+    assert observation[0, 0] == pytest.approx(previous[0, 0] + 0.02 * previous[0, 1], abs=1e-6)
+    reset_observation, reward, terminated, truncated, _ = envs.step(np.array([0]))
+    assert reward[0] == 0 and not (terminated[0] or truncated[0])
+    assert np.all(np.abs(reset_observation) <= 0.05)
+
+
+# The six cases of the clipped objective: r inside or outside [1 - eps, 1 + eps], A > 0 or < 0.
+CLIP_CASES = [
+    # ratio, advantage, gradient is zero
+    (1.0, 1.0, False), (1.0, -1.0, False),
+    (1.5, 1.0, True), (1.5, -1.0, False),
+    (0.5, 1.0, False), (0.5, -1.0, True),
+]
+
+
+@pytest.mark.parametrize("ratio, advantage, zero_gradient", CLIP_CASES)
+def test_clipped_surrogate_value_and_gradient(ratio, advantage, zero_gradient):
+    epsilon = 0.2
+    new_log_prob = torch.tensor([math.log(ratio)], dtype=torch.float64, requires_grad=True)
+    old_log_prob = torch.zeros(1, dtype=torch.float64)
+    loss = ppo.clipped_surrogate_loss(new_log_prob, old_log_prob, torch.tensor([advantage], dtype=torch.float64), epsilon)
+    clipped_ratio = min(max(ratio, 1 - epsilon), 1 + epsilon)
+    assert loss.item() == pytest.approx(-min(ratio * advantage, clipped_ratio * advantage))
+    loss.backward()
+    gradient = new_log_prob.grad.item()
+    if zero_gradient:
+        assert gradient == 0.0
+    else:
+        assert gradient == pytest.approx(-ratio * advantage)  # d(-r A)/d log pi = -r A
+
+
+def test_categorical_actor_matches_torch_distributions():
+    torch.manual_seed(0)
+    actor = ppo.CategoricalActor(torch.nn.Linear(5, 4))
+    features = torch.randn(7, 5)
+    log_probs = actor(features)
+    reference = torch.distributions.Categorical(logits=actor.logits_net(features))
+    actions = actor.sample(log_probs)
+    assert actions.shape == (7,) and actions.dtype == torch.int64
+    torch.testing.assert_close(actor.log_prob(log_probs, actions), reference.log_prob(actions))
+    torch.testing.assert_close(actor.entropy(log_probs), reference.entropy())
+    torch.testing.assert_close(actor.mode(log_probs), reference.probs.argmax(-1))
+
+
+def test_gaussian_actor_matches_torch_distributions_summed_over_dimensions():
+    torch.manual_seed(0)
+    actor = ppo.GaussianActor(torch.nn.Linear(5, 3), action_dim=3, log_std_init=-0.3)
+    with torch.no_grad():
+        actor.log_std.copy_(torch.tensor([-0.5, 0.0, 0.7]))  # the dimensions differ
+    features = torch.randn(6, 5)
+    mean = actor(features)
+    actions = actor.sample(mean)
+    reference = torch.distributions.Normal(mean, actor.log_std.exp())
+    assert actions.shape == (6, 3)
+    torch.testing.assert_close(actor.log_prob(mean, actions), reference.log_prob(actions).sum(-1))
+    torch.testing.assert_close(actor.entropy(mean), reference.entropy().sum(-1))
+    single = ppo.GaussianActor(torch.nn.Linear(5, 1), action_dim=1, log_std_init=0.0)
+    assert single.log_prob(single(features), torch.zeros(6, 1)).shape == (6,)
+
+
+def test_frame_pre_stacking_is_position_velocity_and_acceleration():
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (2, 3, 84, 84), dtype=torch.uint8, generator=generator)
+    out = ppo.FramePreStacking()(frames)
+    older, previous, latest = (frames[:, i].double() / 255 for i in range(3))
+    assert out.shape == (2, 3, 84, 84) and out.dtype == torch.float32
+    torch.testing.assert_close(out[:, 0].double(), latest, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[:, 1].double(), latest - previous, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[:, 2].double(), latest - 2 * previous + older, atol=1e-6, rtol=0)
+
+
+def test_frame_pre_stacking_differences_of_a_steady_and_an_accelerating_change():
+    linear = torch.tensor([10, 30, 50], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    out = ppo.FramePreStacking()(linear.contiguous())
+    assert torch.allclose(out[:, 1], torch.full((1, 4, 4), 20 / 255))  # steady change: velocity
+    assert torch.all(out[:, 2] == 0)  # and no acceleration
+    quadratic = torch.tensor([10, 20, 40], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    out = ppo.FramePreStacking()(quadratic.contiguous())
+    assert torch.allclose(out[:, 2], torch.full((1, 4, 4), 10 / 255))  # 40 - 2 * 20 + 10
+
+
+def test_cnn_flattened_size_is_computed_for_any_input_size():
+    for kind in ppo.CNN_LAYERS:
+        for shape in ((3, 84, 84), (3, 64, 72)):
+            network = ppo.cnn(shape, kind)
+            assert network(torch.zeros(2, *shape)).shape == (2, ppo.CNN_LAYERS[kind][1])
+
+
+def test_running_mean_std_matches_numpy_on_a_stream():
+    generator = np.random.default_rng(1)
+    statistics = ppo.RunningMeanStd((3,))
+    batches = [generator.normal(loc=5.0, scale=3.0, size=(size, 3)) for size in (1, 7, 64, 3, 200)]
+    for batch in batches:
+        statistics.update(batch)
+    everything = np.concatenate(batches)
+    np.testing.assert_allclose(statistics.mean, everything.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(statistics.var, everything.var(axis=0), rtol=1e-12)
+    assert statistics.count == len(everything)
+    statistics.update(np.zeros((0, 3)))  # an empty batch changes nothing
+    np.testing.assert_allclose(statistics.mean, everything.mean(axis=0), rtol=1e-12)
+
+
+def test_reward_scaler_divides_by_the_std_of_the_discounted_return():
+    scaler = ppo.RewardScaler(num_envs=1, gamma=0.5)
+    ended, valid = np.array([False]), np.array([True])
+    returns = []
+    for reward in (1.0, 1.0, 1.0):
+        scaled = scaler(np.array([reward]), ended, valid)
+        returns.append(scaler.discounted_returns[0])
+    assert returns == [1.0, 1.5, 1.75]
+    assert scaled[0] == pytest.approx(1.0 / math.sqrt(np.var(returns) + 1e-8))
+
+
+def test_diagnostics():
+    old = torch.zeros(4)
+    assert ppo.approx_kl(old, old).item() == 0.0
+    assert ppo.approx_kl(torch.tensor([0.1, -0.2, 0.3, 0.0]), old).item() > 0
+    assert ppo.clip_fraction(torch.log(torch.tensor([1.0, 1.3, 0.7, 1.1])), old, 0.2).item() == 0.5
+    returns = torch.tensor([1.0, 2.0, 3.0])
+    assert ppo.explained_variance(returns, returns) == 1.0
+    assert ppo.explained_variance(torch.full((3,), 2.0), returns) == pytest.approx(0.0)

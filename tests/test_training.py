@@ -1,0 +1,143 @@
+"""End-to-end behaviour: learning within step budgets, determinism, the Atari and the
+continuous-control pipelines."""
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import ppo
+
+VOLATILE = {"wall_seconds", "steps_per_second", "run_dir", "checkpoint"}
+
+
+def test_cartpole_solves_within_its_step_budget(tmp_path):
+    config = ppo.make_config("CartPole", seed=1, run_dir=str(tmp_path))
+    metrics = ppo.ppo(config)
+    assert metrics["status"] == "solved"
+    assert metrics["mean_return"] >= 475 and metrics["episodes"] == 100
+    assert metrics["global_step"] <= 100_000
+    mean, _ = ppo.evaluate(metrics["checkpoint"], episodes=5)
+    assert mean >= 475  # the deterministic policy of the checkpoint balances too
+
+
+def short_cartpole(run_dir, **overrides):
+    settings = dict(seed=3, run_dir=str(run_dir), total_steps=4096, target_return=None)
+    return ppo.make_config("CartPole", **{**settings, **overrides})
+
+
+def parameters_of(checkpoint_path):
+    return torch.load(checkpoint_path, weights_only=True)["model"]
+
+
+def test_same_seed_gives_identical_metrics_and_parameters(tmp_path):
+    first = ppo.ppo(short_cartpole(tmp_path / "a"))
+    second = ppo.ppo(short_cartpole(tmp_path / "b"))
+    assert {k: v for k, v in first.items() if k not in VOLATILE} == {k: v for k, v in second.items() if k not in VOLATILE}
+    for name, tensor in parameters_of(first["checkpoint"]).items():
+        assert torch.equal(tensor, parameters_of(second["checkpoint"])[name]), name
+    other = ppo.ppo(short_cartpole(tmp_path / "c", seed=4))
+    assert not torch.equal(parameters_of(other["checkpoint"])["critic.value_net.0.weight"],
+                           parameters_of(first["checkpoint"])["critic.value_net.0.weight"])
+
+
+def test_metrics_are_means_over_the_iteration_and_the_csv_has_a_row_per_iteration(tmp_path):
+    config = short_cartpole(tmp_path)
+    metrics = ppo.ppo(config)
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0].split(",") == list(ppo.METRIC_COLUMNS)
+    assert len(lines) == 1 + config.num_iterations
+    assert metrics["iteration"] == config.num_iterations
+    assert 0 <= metrics["clip_fraction"] <= 1 and metrics["approx_kl"] >= 0
+
+
+def test_pong_pipeline_keeps_uint8_frames_and_reports_game_scores():
+    config = ppo.make_config("Pong", num_envs=2, num_steps=1100, num_minibatches=2, cnn="small")
+    envs = ppo.make_environments(config, config.num_envs)
+    assert envs.single_observation_space.shape == (3, 84, 84)
+    agent = ppo.build_actor_critic(envs.single_observation_space, envs.single_action_space, config)
+    assert isinstance(agent.actor, ppo.CategoricalActor) and isinstance(agent.encoder[0], ppo.FramePreStacking)
+    buffer = ppo.PPOBuffer(config.num_steps, config.num_envs, envs.single_observation_space, envs.single_action_space, torch.device("cpu"))
+    runner = ppo.Runner(envs, config, torch.device("cpu"))
+    torch.manual_seed(0)
+    steps, last_values = runner.collect(agent, buffer)
+    envs.close()
+    assert buffer.observations.shape == (1100, 2, 3, 84, 84) and buffer.observations.dtype == torch.uint8
+    assert buffer.actions.shape == (1100, 2) and buffer.actions.dtype == torch.int64
+    assert last_values.shape == (2,) and steps == int(buffer.valid.sum())
+    assert set(np.unique(buffer.rewards)) <= {-1.0, 0.0, 1.0}  # the clipped training reward
+    # A random policy loses most points: the logged returns are whole game scores.
+    assert len(runner.recent_returns) >= 1
+    for score in runner.recent_returns:
+        assert score == int(score) and -21 <= score <= 21
+    assert min(runner.recent_returns) <= -15
+    assert not buffer.valid.all()  # each finished game is followed by its autoreset step
+
+
+def test_pong_trains_end_to_end_for_a_few_iterations(tmp_path):
+    config = ppo.make_config("Pong", num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2,
+                             total_steps=128, cnn="small", run_dir=str(tmp_path))
+    metrics = ppo.ppo(config)
+    assert metrics["status"] == "finished" and metrics["iteration"] == 2 and metrics["global_step"] == 128
+    checkpoint = torch.load(metrics["checkpoint"], weights_only=True)
+    assert checkpoint["env_id"] == "ALE/Pong-v5" and checkpoint["runner"]["environment"] is None
+
+
+def test_generic_environment_ids_choose_actor_and_network_from_their_spaces(tmp_path):
+    acrobot = ppo.make_config("Acrobot-v1", total_steps=256, num_envs=2, num_steps=64, run_dir=str(tmp_path / "a"))
+    assert ppo.ppo(acrobot)["status"] == "finished"
+    mountain = ppo.make_config("MountainCarContinuous-v0", total_steps=256, num_steps=128, num_minibatches=4, run_dir=str(tmp_path / "m"))
+    assert mountain.normalize_observations and mountain.scale_rewards  # the generic continuous defaults
+    assert ppo.ppo(mountain)["status"] == "finished"
+    envs = ppo.make_environments(mountain, 1)
+    agent = ppo.build_actor_critic(envs.single_observation_space, envs.single_action_space, mountain)
+    assert isinstance(agent.actor, ppo.GaussianActor)
+
+
+def test_the_buffer_stores_the_unclipped_action_and_the_update_uses_its_log_prob():
+    config = ppo.make_config("Pendulum", num_envs=2, num_steps=64, num_minibatches=2, log_std_init=1.5)
+    envs = ppo.make_environments(config, config.num_envs)
+    agent = ppo.build_actor_critic(envs.single_observation_space, envs.single_action_space, config)
+    buffer = ppo.PPOBuffer(config.num_steps, config.num_envs, envs.single_observation_space, envs.single_action_space, torch.device("cpu"))
+    torch.manual_seed(0)
+    ppo.Runner(envs, config, torch.device("cpu")).collect(agent, buffer)
+    envs.close()
+    assert buffer.actions.abs().max() > 2.0  # outside Pendulum's [-2, 2]: stored unclipped
+    advantages, returns = buffer.advantages_and_returns(torch.zeros(2), config.gamma, config.gae_lambda)
+    batch = buffer.flatten_valid(advantages, returns)
+    with torch.no_grad():
+        new_log_probs, _, _ = agent.evaluate(batch["observations"], batch["actions"])
+        mean = agent.actor(batch["observations"])
+        clipped_log_probs = agent.actor.log_prob(mean, batch["actions"].clamp(-2.0, 2.0))
+    torch.testing.assert_close(new_log_probs, batch["log_probs"])  # ratio 1 before the first step
+    assert not torch.allclose(clipped_log_probs, batch["log_probs"])
+
+
+def test_normalizers_round_trip_through_a_checkpoint_exactly(tmp_path):
+    config = ppo.make_config("Pendulum", num_envs=2, num_steps=64)
+    device = torch.device("cpu")
+    envs = ppo.make_environments(config, config.num_envs)
+    agent = ppo.build_actor_critic(envs.single_observation_space, envs.single_action_space, config)
+    buffer = ppo.PPOBuffer(config.num_steps, config.num_envs, envs.single_observation_space, envs.single_action_space, device)
+    runner = ppo.Runner(envs, config, device)
+    runner.collect(agent, buffer)
+    path = str(tmp_path / "checkpoint.pt")
+    ppo.save_checkpoint(path, {"runner": runner.state_dict()})
+    restored = ppo.Runner(ppo.make_environments(config, config.num_envs), config, device)
+    restored.load_state_dict(torch.load(path, weights_only=True)["runner"], reset_seed=0)
+    for name in ("mean", "var"):
+        assert np.array_equal(getattr(restored.observation_normalizer.statistics, name), getattr(runner.observation_normalizer.statistics, name))
+        assert np.array_equal(getattr(restored.reward_scaler.statistics, name), getattr(runner.reward_scaler.statistics, name))
+    assert restored.observation_normalizer.statistics.count == runner.observation_normalizer.statistics.count
+    assert np.array_equal(restored.reward_scaler.discounted_returns, runner.reward_scaler.discounted_returns)
+
+
+def test_evaluation_uses_the_saved_statistics_without_updating_them(tmp_path, monkeypatch):
+    config = ppo.make_config("Pendulum", num_envs=2, num_steps=64, total_steps=128, num_minibatches=2, run_dir=str(tmp_path))
+    metrics = ppo.ppo(config)
+    def no_updates(self, batch):
+        raise AssertionError("evaluation updated a normalizer")
+    monkeypatch.setattr(ppo.RunningMeanStd, "update", no_updates)
+    mean, std = ppo.evaluate(metrics["checkpoint"], episodes=2)
+    assert -2000 < mean < 0 and std >= 0
