@@ -1,0 +1,230 @@
+"""Checkpoints, resume, interruption, divergence, evaluation and every kind of bad input."""
+import dataclasses
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import ppo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOLATILE = {"wall_seconds", "steps_per_second", "run_dir", "checkpoint", "status"}
+
+
+def cartpole(run_dir, **overrides):
+    settings = dict(seed=5, run_dir=str(run_dir), total_steps=2048, target_return=None, save_every=1)  # 4 iterations of 512
+    return ppo.make_config("CartPole", **{**settings, **overrides})
+
+
+def learning_state(checkpoint_path):
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    return checkpoint["model"], checkpoint["optimizer"]["state"]
+
+
+def assert_same_learning_state(first_path, second_path):
+    first_model, first_optimizer = learning_state(first_path)
+    second_model, second_optimizer = learning_state(second_path)
+    for name in first_model:
+        assert torch.equal(first_model[name], second_model[name]), name
+    for index in first_optimizer:
+        for key in first_optimizer[index]:
+            assert torch.equal(first_optimizer[index][key], second_optimizer[index][key])
+
+
+def test_checkpoint_is_a_dict_of_state_dicts_loadable_with_weights_only(tmp_path):
+    metrics = ppo.ppo(cartpole(tmp_path, total_steps=1024))
+    checkpoint = torch.load(metrics["checkpoint"], weights_only=True)
+    assert {"format", "config", "env_id", "model", "optimizer", "runner", "iteration", "global_step", "rng"} <= set(checkpoint)
+    assert checkpoint["env_id"] == "CartPole-v1" and checkpoint["iteration"] == 2
+    assert checkpoint["config"]["env"] == "CartPole"
+    assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path))  # the atomic write left nothing behind
+
+
+def test_an_interrupted_run_resumed_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    """2k iterations in one go == k iterations, Ctrl-C, resume for k more (annealed lr too)."""
+    whole = ppo.ppo(cartpole(tmp_path / "whole"))
+    calls = {"count": 0}
+    original_update = ppo.update
+    def interrupt_after_k(*arguments):
+        calls["count"] += 1
+        if calls["count"] == 2:  # k = 2 of 2k = 4 iterations
+            os.kill(os.getpid(), signal.SIGINT)
+        return original_update(*arguments)
+    monkeypatch.setattr(ppo, "update", interrupt_after_k)
+    config = cartpole(tmp_path / "split")
+    first_half = ppo.ppo(config)
+    assert first_half["status"] == "interrupted" and first_half["iteration"] == 2
+    monkeypatch.setattr(ppo, "update", original_update)
+    second_half = ppo.ppo(config, resume=first_half["checkpoint"])
+    assert second_half["iteration"] == 4
+    assert {k: v for k, v in whole.items() if k not in VOLATILE} == {k: v for k, v in second_half.items() if k not in VOLATILE}
+    assert_same_learning_state(whole["checkpoint"], second_half["checkpoint"])
+    rows = (tmp_path / "split" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4  # the resumed run appends to the same metrics file
+
+
+def test_a_finished_run_extended_by_resume_equals_a_longer_run(tmp_path):
+    longer = ppo.ppo(cartpole(tmp_path / "long", anneal_lr=False))
+    shorter = ppo.ppo(cartpole(tmp_path / "short", anneal_lr=False, total_steps=1024))
+    extended = ppo.ppo(cartpole(tmp_path / "short", anneal_lr=False), resume=shorter["checkpoint"])
+    assert {k: v for k, v in longer.items() if k not in VOLATILE} == {k: v for k, v in extended.items() if k not in VOLATILE}
+    assert_same_learning_state(longer["checkpoint"], extended["checkpoint"])
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
+    command = [sys.executable, "ppo.py", "--env", "CartPole", "--total-steps", "100000000",
+               "--target-return", "none", "--save-every", "1000000", "--run-dir", str(tmp_path)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics_file = tmp_path / "metrics.csv"
+    deadline = time.time() + 120  # a safety net only: the signal goes after 3 logged iterations
+    while time.time() < deadline and process.poll() is None:
+        if metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    checkpoint_path = str(tmp_path / "checkpoint.pt")
+    assert f"interrupted: checkpoint saved to {checkpoint_path}" in stdout
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    assert checkpoint["iteration"] >= 3
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"count": 0}
+    original = ppo.value_loss
+    def value_loss_that_breaks(values, returns):
+        calls["count"] += 1
+        loss = original(values, returns)
+        # Iterations have 2 * 8 = 16 minibatch steps: iteration 3 is where it breaks.
+        return loss * float("nan") if calls["count"] > 32 else loss
+    monkeypatch.setattr(ppo, "value_loss", value_loss_that_breaks)
+    with pytest.raises(ppo.TrainingDiverged) as error:
+        ppo.ppo(cartpole(tmp_path))
+    checkpoint_path = str(tmp_path / "checkpoint.pt")
+    assert "iteration 3" in str(error.value) and checkpoint_path in str(error.value)
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    assert checkpoint["iteration"] == 2
+    assert all(torch.isfinite(tensor).all() for tensor in checkpoint["model"].values())
+
+
+def test_eval_prints_the_mean_and_std_of_the_deterministic_policy(tmp_path, capsys):
+    metrics = ppo.ppo(cartpole(tmp_path, total_steps=1024))
+    assert ppo.main(["--eval", metrics["checkpoint"], "--episodes", "3"]) == 0
+    assert "return over 3 episodes:" in capsys.readouterr().out
+
+
+def test_watch_says_why_it_cannot_open_a_window(tmp_path, monkeypatch, capsys):
+    metrics = ppo.ppo(cartpole(tmp_path, total_steps=1024))
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert ppo.main(["--watch", metrics["checkpoint"]]) == 2
+    assert "--watch needs a display" in capsys.readouterr().err
+
+
+def test_run_folder_holds_the_config_the_metrics_and_the_checkpoint(tmp_path):
+    ppo.ppo(cartpole(tmp_path, total_steps=1024))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "config.json", "metrics.csv"]
+    import json
+    assert json.loads((tmp_path / "config.json").read_text())["env"] == "CartPole"
+
+
+def test_help_documents_every_flag_in_full_words(capsys):
+    with pytest.raises(SystemExit):
+        ppo.main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--env", "--seed", "--device", "--total-steps", "--num-envs", "--num-steps", "--num-minibatches",
+                 "--update-epochs", "--learning-rate", "--clip-coef", "--ent-coef", "--gamma", "--gae-lambda",
+                 "--target-kl", "--run-dir", "--resume", "--eval", "--watch", "--cnn", "--tensorboard"):
+        assert flag in text, flag
+
+
+def real_find_spec(name, *arguments):
+    return importlib.util.find_spec(name, *arguments)
+
+
+BAD_INPUTS = [
+    (["--env", "CartPol"], "unknown environment 'CartPol': did you mean CartPole"),
+    (["--env", "Acrobot-v9"], "did you mean Acrobot-v1"),
+    (["--num-minibatches", "3"], "does not split into 3 minibatches"),
+    (["--gamma", "0"], "--gamma must be in (0, 1]"),
+    (["--gamma", "1.5"], "--gamma must be in (0, 1]"),
+    (["--gae-lambda", "-0.1"], "--gae-lambda must be in (0, 1]"),
+    (["--clip-coef", "1"], "--clip-coef must be in (0, 1)"),
+    (["--num-envs", "0"], "--num-envs must be a positive integer"),
+    (["--num-steps", "-4"], "--num-steps must be a positive integer"),
+    (["--update-epochs", "0"], "--update-epochs must be a positive integer"),
+    (["--learning-rate", "0"], "--learning-rate must be positive"),
+    (["--total-steps", "10"], "is less than one batch"),
+    (["--device", "tpu"], "--device 'tpu' is not a torch device; use cpu, cuda or cuda:N"),
+    (["--device", "mps"], "--device 'mps' is not supported; use cpu or cuda"),
+    (["--resume", "/no/such/checkpoint.pt"], "no checkpoint at /no/such/checkpoint.pt"),
+    (["--eval", "/no/such/checkpoint.pt"], "no checkpoint at /no/such/checkpoint.pt"),
+]
+
+
+@pytest.mark.parametrize("arguments, message", BAD_INPUTS)
+def test_bad_input_is_one_clear_line_and_exit_2_and_writes_nothing(tmp_path, capsys, arguments, message):
+    run_dir = tmp_path / "run"
+    assert ppo.main(arguments + ["--run-dir", str(run_dir)]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.startswith("error: ") and error.count("\n") == 1
+    assert not run_dir.exists()
+
+
+def test_cuda_without_cuda_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ppo.main(["--device", "cuda", "--run-dir", str(tmp_path / "run")]) == 2
+    assert "--device cuda: CUDA is not available here" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_atari_without_ale_py_gives_the_install_hint(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ale_py" else real_find_spec(name, *a))
+    assert ppo.main(["--env", "Pong", "--run-dir", str(tmp_path / "run")]) == 2
+    assert "pip install 'ale-py>=0.11'" in capsys.readouterr().err
+
+
+def test_tensorboard_without_the_package_gives_the_install_hint(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
+    assert ppo.main(["--tensorboard", "--run-dir", str(tmp_path / "run")]) == 2
+    assert "pip install tensorboard" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_checkpoint_is_refused_and_left_as_it_was(tmp_path, capsys):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"not a checkpoint at all")
+    assert ppo.main(["--resume", str(path)]) == 2
+    assert "is not a readable checkpoint" in capsys.readouterr().err
+    assert path.read_bytes() == b"not a checkpoint at all"
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--env", "Acrobot-v1"], "was trained with env='CartPole-v1', not 'Acrobot-v1'"),
+    (["--hidden-sizes", "32", "32"], "was trained with hidden_sizes=(64, 64), not (32, 32)"),
+])
+def test_checkpoint_of_another_environment_or_shape_is_refused(tmp_path, capsys, flags, message):
+    metrics = ppo.ppo(cartpole(tmp_path, total_steps=1024))
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    capsys.readouterr()
+    assert ppo.main(["--resume", metrics["checkpoint"]] + flags) == 2
+    assert message in capsys.readouterr().err
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+
+
+def test_checkpoint_whose_networks_do_not_fit_is_refused(tmp_path, capsys):
+    metrics = ppo.ppo(cartpole(tmp_path, total_steps=1024))
+    checkpoint = torch.load(metrics["checkpoint"], weights_only=True)
+    checkpoint["model"]["critic.value_net.0.weight"] = torch.zeros(3, 3)
+    torch.save(checkpoint, metrics["checkpoint"])
+    capsys.readouterr()
+    assert ppo.main(["--eval", metrics["checkpoint"]]) == 2
+    assert "other shapes than this run's" in capsys.readouterr().err
