@@ -115,13 +115,13 @@ PRESETS: dict[str, tuple[str, dict]] = {
         torch_threads=1, target_return=475.0,
     )),
     "Pendulum": ("Pendulum-v1", dict(
-        total_steps=200_000, num_envs=4, num_steps=512, num_minibatches=8, update_epochs=10,
-        learning_rate=1e-3, gamma=0.9, gae_lambda=0.95, ent_coef=0.0, log_std_init=-0.5,
+        total_steps=200_000, num_envs=4, num_steps=512, num_minibatches=32, update_epochs=10,
+        learning_rate=5e-4, gamma=0.9, gae_lambda=0.95, ent_coef=0.0, log_std_init=-0.5,
         normalize_observations=True, scale_rewards=True, torch_threads=1,
     )),
     "Pong": ("ALE/Pong-v5", dict(
-        total_steps=10_000_000, num_envs=8, num_steps=128, num_minibatches=4, update_epochs=4,
-        learning_rate=2.5e-4, ent_coef=0.01, clip_coef=0.1, clip_rewards=True, cnn="nature",
+        total_steps=3_000_000, num_envs=16, num_steps=64, num_minibatches=4, update_epochs=4,
+        learning_rate=2.5e-4, ent_coef=0.01, clip_coef=0.1, clip_rewards=True, cnn="small",
         return_window=20, save_every=20,
     )),
 }
