@@ -20,9 +20,9 @@ Run:
     python ppo.py --eval runs/CartPole-1-.../checkpoint.pt --episodes 10
     python ppo.py --help                     # every flag, with its meaning and range
 
-Reading order: 1 configuration, 2 networks, 3 actors and critic, 4 rollout buffer and
-GAE, 5 running normalization, 6 environments and FramePreStacking, 7 the loss,
-8 checkpoints, 9 the training loop, 10 evaluation, 11 the command line.
+Reading order: 1 configuration, 2 networks (mlp, cnn, FramePreStacking), 3 actors and
+critic, 4 rollout buffer and GAE, 5 running normalization, 6 environments and the runner
+that steps them, 7 the loss, 8 checkpoints, 9 training, 10 evaluation, 11 command line.
 """
 
 from __future__ import annotations
@@ -53,45 +53,50 @@ from torch import nn
 # ---------------------------------------------------------------------------------------
 
 
+def option(default, help: str):
+    """A Config field and its documentation, which is also its flag's --help text."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class Config:
     """Every hyperparameter of a run. Symbols are those of the PPO and GAE papers."""
 
-    env: str = field(default="CartPole", metadata={"help": "gymnasium environment id (Acrobot-v1, ALE/Breakout-v5) or a preset: CartPole, Pendulum, Pong"})
-    seed: int = field(default=1, metadata={"help": "seed of the environments, network initialization and sampling"})
-    device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda, cuda:1"})
-    total_steps: int = field(default=500_000, metadata={"help": "environment steps to train for, summed over all parallel environments"})
-    num_envs: int = field(default=4, metadata={"help": "N, parallel environments; typically 1 to 64"})
-    num_steps: int = field(default=128, metadata={"help": "T, rollout length per environment per iteration; typically 16 to 2048"})
-    num_minibatches: int = field(default=4, metadata={"help": "minibatches per epoch; must divide num_envs * num_steps"})
-    update_epochs: int = field(default=4, metadata={"help": "K, passes over each rollout; typically 3 to 30"})
-    learning_rate: float = field(default=2.5e-4, metadata={"help": "Adam step size alpha; typically 1e-4 to 3e-3"})
-    anneal_lr: bool = field(default=True, metadata={"help": "decay the learning rate linearly to 0 over the run"})
-    gamma: float = field(default=0.99, metadata={"help": "gamma, discount factor in (0, 1]; typically 0.9 to 0.999"})
-    gae_lambda: float = field(default=0.95, metadata={"help": "lambda of GAE in (0, 1]; 1 is Monte Carlo, 0 is one-step TD; typically 0.8 to 0.99"})
-    clip_coef: float = field(default=0.2, metadata={"help": "epsilon, clip range of the probability ratio, in (0, 1); typically 0.1 to 0.3"})
-    ent_coef: float = field(default=0.01, metadata={"help": "c2, weight of the entropy bonus; typically 0 to 0.01"})
-    vf_coef: float = field(default=0.5, metadata={"help": "c1, weight of the value loss; typically 0.5 to 1"})
-    max_grad_norm: float = field(default=0.5, metadata={"help": "clip the global gradient norm to this; typically 0.5"})
-    target_kl: typing.Optional[float] = field(default=None, metadata={"help": "stop an iteration's update early once approx KL exceeds this (none: never); typically 0.01 to 0.05"})
-    normalize_advantages: bool = field(default=True, metadata={"help": "normalize advantages to zero mean, unit std per minibatch"})
-    hidden_sizes: typing.Tuple[int, ...] = field(default=(64, 64), metadata={"help": "widths of the hidden layers of the mlp actor and critic"})
-    activation: str = field(default="tanh", metadata={"help": "activation of the mlp: tanh or relu"})
-    cnn: str = field(default="nature", metadata={"help": "convolutional network for image observations: nature (32-64-64 conv, 512 linear) or small (16-32 conv, 256 linear)"})
-    log_std_init: float = field(default=0.0, metadata={"help": "initial log standard deviation of the Gaussian actor (continuous actions); typically -1 to 0"})
-    normalize_observations: bool = field(default=False, metadata={"help": "normalize observations by a running mean and std (continuous control)"})
-    observation_clip: float = field(default=10.0, metadata={"help": "clip normalized observations to [-c, c]"})
-    scale_rewards: bool = field(default=False, metadata={"help": "divide rewards by a running std of the discounted return (continuous control)"})
-    clip_rewards: bool = field(default=False, metadata={"help": "train on the sign of each reward (Atari); episode returns are still logged unclipped"})
-    frame_skip: int = field(default=4, metadata={"help": "Atari: emulator frames per agent step (the last two are max-pooled)"})
-    repeat_action_probability: float = field(default=0.0, metadata={"help": "Atari: sticky-action probability; 0 as in the PPO paper, 0.25 in the ALE v5 protocol"})
-    env_threads: int = field(default=0, metadata={"help": "Atari: threads of the C++ vector environment (0: one per core)"})
-    torch_threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: torch's default); 1 is fastest for small mlps"})
-    target_return: typing.Optional[float] = field(default=None, metadata={"help": "stop once the mean return of the last return_window episodes reaches this (none: never)"})
-    return_window: int = field(default=100, metadata={"help": "episodes in the running mean of the return that is logged"})
-    run_dir: typing.Optional[str] = field(default=None, metadata={"help": "folder for config.json, metrics.csv and checkpoint.pt (default runs/<env>-<seed>-<time>)"})
-    save_every: int = field(default=50, metadata={"help": "write a checkpoint every this many iterations, and at the end"})
-    tensorboard: bool = field(default=False, metadata={"help": "also write TensorBoard scalars to the run folder (needs the tensorboard package)"})
+    env: str = option("CartPole", "gymnasium environment id (Acrobot-v1, ALE/Breakout-v5) or a preset: CartPole, Pendulum, Pong")
+    seed: int = option(1, "seed of the environments, network initialization and sampling")
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:1")
+    total_steps: int = option(500_000, "environment steps to train for, summed over all parallel environments")
+    num_envs: int = option(4, "N, parallel environments; typically 1 to 64")
+    num_steps: int = option(128, "T, rollout length per environment per iteration; typically 16 to 2048")
+    num_minibatches: int = option(4, "minibatches per epoch; must divide num_envs * num_steps")
+    update_epochs: int = option(4, "K, passes over each rollout; typically 3 to 30")
+    learning_rate: float = option(2.5e-4, "Adam step size alpha; typically 1e-4 to 3e-3")
+    anneal_lr: bool = option(True, "decay the learning rate linearly to 0 over the run")
+    gamma: float = option(0.99, "gamma, discount factor in (0, 1]; typically 0.9 to 0.999")
+    gae_lambda: float = option(0.95, "lambda of GAE in (0, 1]; 1 is Monte Carlo, 0 is one-step TD; typically 0.8 to 0.99")
+    clip_coef: float = option(0.2, "epsilon, clip range of the probability ratio, in (0, 1); typically 0.1 to 0.3")
+    ent_coef: float = option(0.01, "c2, weight of the entropy bonus; typically 0 to 0.01")
+    vf_coef: float = option(0.5, "c1, weight of the value loss; typically 0.5 to 1")
+    max_grad_norm: float = option(0.5, "clip the global gradient norm to this; typically 0.5")
+    target_kl: typing.Optional[float] = option(None, "stop an iteration's update early once approx KL exceeds this (none: never); typically 0.01 to 0.05")
+    normalize_advantages: bool = option(True, "normalize advantages to zero mean, unit std per minibatch")
+    hidden_sizes: typing.Tuple[int, ...] = option((64, 64), "widths of the hidden layers of the mlp actor and critic")
+    activation: str = option("tanh", "activation of the mlp: tanh or relu")
+    cnn: str = option("nature", "convolutional network for image observations: nature (32-64-64 conv, 512 linear) or small (16-32 conv, 256 linear)")
+    log_std_init: float = option(0.0, "initial log standard deviation of the Gaussian actor (continuous actions); typically -1 to 0")
+    normalize_observations: bool = option(False, "normalize observations by a running mean and std (continuous control)")
+    observation_clip: float = option(10.0, "clip normalized observations to [-c, c]")
+    scale_rewards: bool = option(False, "divide rewards by a running std of the discounted return (continuous control)")
+    clip_rewards: bool = option(False, "train on the sign of each reward (Atari); episode returns are still logged unclipped")
+    frame_skip: int = option(4, "Atari: emulator frames per agent step (the last two are max-pooled)")
+    repeat_action_probability: float = option(0.0, "Atari: sticky-action probability; 0 as in the PPO paper, 0.25 in the ALE v5 protocol")
+    env_threads: int = option(0, "Atari: threads of the C++ vector environment (0: ale-py's default)")
+    torch_threads: int = option(0, "CPU threads for torch (0: torch's default); 1 is fastest for small mlps")
+    target_return: typing.Optional[float] = option(None, "stop once the mean return of the last return_window episodes reaches this (none: never)")
+    return_window: int = option(100, "episodes in the running mean of the return that is logged")
+    run_dir: typing.Optional[str] = option(None, "folder for config.json, metrics.csv and checkpoint.pt (default runs/<env>-<seed>-<time>)")
+    save_every: int = option(50, "write a checkpoint every this many iterations, and at the end")
+    tensorboard: bool = option(False, "also write TensorBoard scalars to the run folder (needs the tensorboard package)")
 
     @property
     def batch_size(self) -> int:
@@ -729,9 +734,9 @@ def value_loss(values, returns):
     return 0.5 * ((values - returns) ** 2).mean()
 
 
-def ppo_loss(policy_loss, value_loss_, entropy, vf_coef, ent_coef):
+def ppo_loss(clip_loss, critic_loss, entropy, vf_coef, ent_coef):
     """-L^{CLIP+VF+S} = -L^CLIP + c1 L^VF - c2 S[pi]                          [PPO eq. 9]"""
-    return policy_loss + vf_coef * value_loss_ - ent_coef * entropy
+    return clip_loss + vf_coef * critic_loss - ent_coef * entropy
 
 
 def approx_kl(new_log_probs, old_log_probs):
@@ -897,6 +902,49 @@ class InterruptFlag:
         signal.signal(signal.SIGINT, self.previous)
 
 
+class Adam:
+    """Adam (Kingma & Ba 2015, Algorithm 1), written out. It computes what torch.optim.Adam
+    computes; it is here because building a torch.optim optimizer imports torch._dynamo,
+    about 1 second, a fifth of a whole CartPole run. Per parameter tensor, with gradient g:
+        m <- beta1 m + (1 - beta1) g          first moment
+        v <- beta2 v + (1 - beta2) g^2        second moment
+        theta <- theta - alpha / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)
+    The foreach calls apply one formula to all tensors at once (one call, not one per tensor).
+    """
+
+    def __init__(self, parameters: list[torch.Tensor], learning_rate: float, betas=(0.9, 0.999), eps: float = 1e-5):
+        self.parameters, self.learning_rate, self.betas, self.eps = parameters, learning_rate, betas, eps
+        self.steps = 0
+        self.first_moments = [torch.zeros_like(p) for p in parameters]
+        self.second_moments = [torch.zeros_like(p) for p in parameters]
+
+    def zero_grad(self) -> None:
+        for parameter in self.parameters:
+            parameter.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        beta1, beta2 = self.betas
+        gradients = [p.grad for p in self.parameters]
+        torch._foreach_lerp_(self.first_moments, gradients, 1 - beta1)
+        torch._foreach_mul_(self.second_moments, beta2)
+        torch._foreach_addcmul_(self.second_moments, gradients, gradients, 1 - beta2)
+        denominators = torch._foreach_sqrt(self.second_moments)
+        torch._foreach_div_(denominators, math.sqrt(1 - beta2**self.steps))
+        torch._foreach_add_(denominators, self.eps)
+        step_size = self.learning_rate / (1 - beta1**self.steps)
+        torch._foreach_addcdiv_(self.parameters, self.first_moments, denominators, -step_size)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "first_moments": self.first_moments, "second_moments": self.second_moments}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+        for mine, saved in zip(self.first_moments + self.second_moments, state["first_moments"] + state["second_moments"]):
+            mine.copy_(saved)
+
+
 def update(agent, optimizer, parameters, batch, config: Config) -> dict[str, float]:
     """K epochs of shuffled minibatch steps on -L^{CLIP+VF+S}; returns the means over all
     minibatch steps taken (not the last minibatch's values)."""
@@ -910,7 +958,7 @@ def update(agent, optimizer, parameters, batch, config: Config) -> dict[str, flo
             old_log_probs = batch["log_probs"][indices]
             kl = approx_kl(new_log_probs.detach(), old_log_probs)
             if config.target_kl is not None and kl.item() > config.target_kl:
-                return finish_update(totals, steps, stopped_early=True)
+                return mean_losses(totals, steps)  # early stop: the policy moved far enough
             advantages = batch["advantages"][indices]
             if config.normalize_advantages:
                 advantages = normalize(advantages)
@@ -919,20 +967,19 @@ def update(agent, optimizer, parameters, batch, config: Config) -> dict[str, flo
             # With c2 = 0 the entropy is only a diagnostic: detached, backward skips its graph.
             entropy = entropy.mean() if config.ent_coef > 0 else entropy.detach().mean()
             loss = ppo_loss(policy_loss, critic_loss, entropy, config.vf_coef, config.ent_coef)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(parameters, config.max_grad_norm, foreach=True)
             optimizer.step()
             totals += torch.stack((policy_loss.detach(), critic_loss.detach(), entropy.detach(), kl,
                                    clip_fraction(new_log_probs.detach(), old_log_probs, config.clip_coef)))
             steps += 1
-    return finish_update(totals, steps, stopped_early=False)
+    return mean_losses(totals, steps)
 
 
-def finish_update(totals: torch.Tensor, steps: int, stopped_early: bool) -> dict[str, float]:
+def mean_losses(totals: torch.Tensor, steps: int) -> dict[str, float]:
     means = (totals / max(steps, 1)).tolist()
-    return dict(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), means),
-                minibatch_steps=steps, stopped_early=stopped_early)
+    return dict(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), means))
 
 
 def all_finite(agent: nn.Module, metrics: dict) -> bool:
@@ -961,7 +1008,7 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
     envs = make_environments(config, config.num_envs)
     agent = build_actor_critic(envs.single_observation_space, envs.single_action_space, config).to(device)
     parameters = list(agent.parameters())
-    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, eps=1e-5, fused=True)
+    optimizer = Adam(parameters, config.learning_rate)
     buffer = PPOBuffer(config.num_steps, config.num_envs, envs.single_observation_space, envs.single_action_space, device)
     runner = Runner(envs, config, device)
     start_iteration, global_step = 0, 0
@@ -973,11 +1020,13 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
         torch.set_rng_state(checkpoint["rng"]["torch"])
 
     run_dir = config.run_dir or (os.path.dirname(resume) if resume else default_run_dir(config))
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    if not resume and os.path.exists(checkpoint_path):
+        raise UserError(f"{run_dir} already holds a run; continue it with --resume {checkpoint_path}, or choose another --run-dir")
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.json"), "w") as file:
         json.dump(dataclasses.asdict(config), file, indent=2)
     log = MetricsLog(run_dir, config.tensorboard, append=bool(resume))
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
 
     def save(completed_iterations: int) -> None:
         save_checkpoint(checkpoint_path, {
@@ -994,7 +1043,7 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
         with InterruptFlag() as interrupt:
             for iteration in range(start_iteration, config.num_iterations):
                 learning_rate = config.learning_rate * (1.0 - iteration / config.num_iterations if config.anneal_lr else 1.0)
-                optimizer.param_groups[0]["lr"] = learning_rate
+                optimizer.learning_rate = learning_rate
 
                 # Phase 1: T steps in each of the N environments with the current policy.
                 steps, last_values = runner.collect(agent, buffer)

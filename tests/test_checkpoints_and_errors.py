@@ -23,7 +23,7 @@ def cartpole(run_dir, **overrides):
 
 def learning_state(checkpoint_path):
     checkpoint = torch.load(checkpoint_path, weights_only=True)
-    return checkpoint["model"], checkpoint["optimizer"]["state"]
+    return checkpoint["model"], checkpoint["optimizer"]
 
 
 def assert_same_learning_state(first_path, second_path):
@@ -31,9 +31,10 @@ def assert_same_learning_state(first_path, second_path):
     second_model, second_optimizer = learning_state(second_path)
     for name in first_model:
         assert torch.equal(first_model[name], second_model[name]), name
-    for index in first_optimizer:
-        for key in first_optimizer[index]:
-            assert torch.equal(first_optimizer[index][key], second_optimizer[index][key])
+    assert first_optimizer["steps"] == second_optimizer["steps"]
+    for key in ("first_moments", "second_moments"):
+        for first, second in zip(first_optimizer[key], second_optimizer[key]):
+            assert torch.equal(first, second)
 
 
 def test_checkpoint_is_a_dict_of_state_dicts_loadable_with_weights_only(tmp_path):
@@ -228,3 +229,12 @@ def test_checkpoint_whose_networks_do_not_fit_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert ppo.main(["--eval", metrics["checkpoint"]]) == 2
     assert "other shapes than this run's" in capsys.readouterr().err
+
+
+def test_a_new_run_never_overwrites_an_existing_one(tmp_path, capsys):
+    ppo.ppo(cartpole(tmp_path, total_steps=1024))
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    capsys.readouterr()
+    assert ppo.main(["--run-dir", str(tmp_path)]) == 2
+    assert f"already holds a run; continue it with --resume {tmp_path / 'checkpoint.pt'}" in capsys.readouterr().err
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before

@@ -1,4 +1,5 @@
 """Oracle tests of the math: each piece of ppo.py against a naive or library reference."""
+import copy
 import math
 
 import gymnasium as gym
@@ -211,3 +212,19 @@ def test_diagnostics():
     returns = torch.tensor([1.0, 2.0, 3.0])
     assert ppo.explained_variance(returns, returns) == 1.0
     assert ppo.explained_variance(torch.full((3,), 2.0), returns) == pytest.approx(0.0)
+
+
+def test_adam_matches_torch_optim_adam():
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    twin = copy.deepcopy(network)
+    ours = ppo.Adam(list(network.parameters()), learning_rate=3e-3)
+    reference = torch.optim.Adam(twin.parameters(), lr=3e-3, eps=1e-5)
+    for _ in range(20):
+        inputs = torch.randn(16, 4)
+        for model, optimizer in ((network, ours), (twin, reference)):
+            optimizer.zero_grad()
+            model(inputs).pow(2).sum().backward()
+            optimizer.step()
+    for mine, theirs in zip(network.parameters(), twin.parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-7)
