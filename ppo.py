@@ -1001,6 +1001,10 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
         check_compatible(checkpoint["config"], config, resume)
     if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
+    run_dir = config.run_dir or (os.path.dirname(resume) if resume else default_run_dir(config))
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    if not resume and os.path.exists(checkpoint_path):
+        raise UserError(f"{run_dir} already holds a run; continue it with --resume {checkpoint_path}, or choose another --run-dir")
     if config.torch_threads > 0:
         torch.set_num_threads(config.torch_threads)
 
@@ -1018,11 +1022,9 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
         start_iteration, global_step = checkpoint["iteration"], checkpoint["global_step"]
         runner.load_state_dict(checkpoint["runner"], reset_seed=config.seed + global_step)
         torch.set_rng_state(checkpoint["rng"]["torch"])
+        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
 
-    run_dir = config.run_dir or (os.path.dirname(resume) if resume else default_run_dir(config))
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    if not resume and os.path.exists(checkpoint_path):
-        raise UserError(f"{run_dir} already holds a run; continue it with --resume {checkpoint_path}, or choose another --run-dir")
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.json"), "w") as file:
         json.dump(dataclasses.asdict(config), file, indent=2)
@@ -1033,7 +1035,8 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
             "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "env_id": config.env_id,
             "model": agent.state_dict(), "optimizer": optimizer.state_dict(), "runner": runner.state_dict(),
             "iteration": completed_iterations, "global_step": global_step,
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": {"torch": torch.get_rng_state(),  # on a GPU, sampling draws from its own generator
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         })
 
     metrics: dict = {"global_step": global_step, "mean_return": float("nan")}
@@ -1188,7 +1191,10 @@ def make_config(env: str = "CartPole", **overrides) -> Config:
         if is_atari(env):
             defaults = ATARI_DEFAULTS
         else:
-            probe = gym.make(env)
+            try:
+                probe = gym.make(env)
+            except (gym.error.Error, ImportError) as error:
+                raise UserError(f"{env} cannot be made here: {error}") from None
             defaults = CONTINUOUS_DEFAULTS if isinstance(probe.action_space, gym.spaces.Box) else {}
             probe.close()
     try:

@@ -238,3 +238,13 @@ def test_a_new_run_never_overwrites_an_existing_one(tmp_path, capsys):
     assert ppo.main(["--run-dir", str(tmp_path)]) == 2
     assert f"already holds a run; continue it with --resume {tmp_path / 'checkpoint.pt'}" in capsys.readouterr().err
     assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+
+
+def test_tensorboard_scalars_when_the_package_is_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ppo.ppo(cartpole(tmp_path, total_steps=1024, tensorboard=True))
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [event.step for event in events.Scalars("mean_return")] == [
+        int(row.split(",")[1]) for row in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]

@@ -141,3 +141,12 @@ def test_evaluation_uses_the_saved_statistics_without_updating_them(tmp_path, mo
     monkeypatch.setattr(ppo.RunningMeanStd, "update", no_updates)
     mean, std = ppo.evaluate(metrics["checkpoint"], episodes=2)
     assert -2000 < mean < 0 and std >= 0
+
+
+def test_pendulum_learns_within_a_step_budget(tmp_path):
+    """A random policy scores about -1200; the preset, unchanged but for an early stop at
+    -400 over the last 100 episodes, must get there within 80,000 steps."""
+    config = ppo.make_config("Pendulum", seed=3, target_return=-400.0, run_dir=str(tmp_path))
+    metrics = ppo.ppo(config)
+    assert metrics["status"] == "solved" and metrics["mean_return"] >= -400
+    assert metrics["global_step"] <= 80_000
