@@ -16,8 +16,8 @@ Run:
     python ppo.py --env Pendulum             # continuous actions (Gaussian actor)
     python ppo.py --env Pong --device cuda   # Atari Pong from pixels
     python ppo.py --env Acrobot-v1           # any gymnasium id, with generic defaults
-    python ppo.py --resume runs/CartPole-1-.../checkpoint.pt --total-steps 200000
-    python ppo.py --eval runs/CartPole-1-.../checkpoint.pt --episodes 10
+    python ppo.py --resume runs/Pendulum-v1-1-<time>/checkpoint.pt --total-steps 400000
+    python ppo.py --eval runs/CartPole-v1-1-<time>/checkpoint.pt --episodes 10
     python ppo.py --help                     # every flag, with its meaning and range
 
 Reading order: 1 configuration, 2 networks (mlp, cnn, FramePreStacking), 3 actors and
@@ -65,10 +65,10 @@ class Config:
     env: str = option("CartPole", "gymnasium environment id (Acrobot-v1, ALE/Breakout-v5) or a preset: CartPole, Pendulum, Pong")
     seed: int = option(1, "seed of the environments, network initialization and sampling")
     device: str = option("cpu", "torch device: cpu, cuda, cuda:1")
-    total_steps: int = option(500_000, "environment steps to train for, summed over all parallel environments")
+    total_steps: int = option(500_000, "environment steps to train for, summed over all parallel environments (N * T per iteration)")
     num_envs: int = option(4, "N, parallel environments; typically 1 to 64")
     num_steps: int = option(128, "T, rollout length per environment per iteration; typically 16 to 2048")
-    num_minibatches: int = option(4, "minibatches per epoch; must divide num_envs * num_steps")
+    num_minibatches: int = option(4, "minibatches per epoch; num_envs * num_steps must split into minibatches of at least 8 steps")
     update_epochs: int = option(4, "K, passes over each rollout; typically 3 to 30")
     learning_rate: float = option(2.5e-4, "Adam step size alpha; typically 1e-4 to 3e-3")
     anneal_lr: bool = option(True, "decay the learning rate linearly to 0 over the run")
@@ -142,39 +142,6 @@ class UserError(Exception):
     """A problem with the input: the message names it and says how to fix it."""
 
 
-def check_config(config: Config) -> None:
-    """Raise UserError for a hyperparameter that cannot work."""
-    for name in ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs",
-                 "return_window", "save_every", "frame_skip"):
-        if getattr(config, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(config, name)}")
-    if config.batch_size % config.num_minibatches:
-        raise UserError(f"the batch of num_envs * num_steps = {config.batch_size} steps does not split into "
-                        f"{config.num_minibatches} minibatches; choose --num-minibatches dividing {config.batch_size}")
-    if config.total_steps < config.batch_size:
-        raise UserError(f"--total-steps {config.total_steps} is less than one batch ({config.batch_size} steps); raise it")
-    for name in ("gamma", "gae_lambda"):
-        if not 0 < getattr(config, name) <= 1:
-            raise UserError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(config, name)}")
-    if not 0 < config.clip_coef < 1:
-        raise UserError(f"--clip-coef must be in (0, 1), got {config.clip_coef}")
-    if not 0 <= config.repeat_action_probability < 1:
-        raise UserError(f"--repeat-action-probability must be in [0, 1), got {config.repeat_action_probability}")
-    for name in ("learning_rate", "vf_coef", "max_grad_norm", "observation_clip"):
-        if not getattr(config, name) > 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
-    if config.ent_coef < 0:
-        raise UserError(f"--ent-coef must be zero or positive, got {config.ent_coef}")
-    if config.target_kl is not None and not config.target_kl > 0:
-        raise UserError(f"--target-kl must be positive (or none), got {config.target_kl}")
-    if not config.hidden_sizes or min(config.hidden_sizes) <= 0:
-        raise UserError(f"--hidden-sizes must be one or more positive widths, got {config.hidden_sizes}")
-    if config.activation not in ACTIVATIONS:
-        raise UserError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {config.activation!r}")
-    if config.cnn not in CNN_LAYERS:
-        raise UserError(f"--cnn must be one of {', '.join(CNN_LAYERS)}, got {config.cnn!r}")
-
-
 # ---------------------------------------------------------------------------------------
 # 2. Networks
 # ---------------------------------------------------------------------------------------
@@ -237,7 +204,9 @@ class FramePreStacking(nn.Module):
         acceleration = f(t) - 2 f(t-1) + f(t-2)       (second backward difference)
     The environment keeps the last three grayscale 84x84 frames; this layer runs on the
     device, on the whole (B, 3, H, W) uint8 batch, so observations stay uint8 (4x smaller)
-    until they reach the device and no Python runs per environment.
+    until they reach the device and no Python runs per environment. On the first two steps
+    of a game the older frames are zeros (ale-py pads the stack), so velocity and
+    acceleration then show the whole first frame.
     """
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
@@ -305,7 +274,7 @@ class GaussianActor(Actor):
     """Continuous actions: a diagonal Gaussian N(mean(s), diag(std^2)) whose mean depends
     on the state and whose log standard deviation is a learned vector that does not (as in
     the PPO paper's MuJoCo experiments). Actions are sampled unbounded; clipping to the
-    action space happens only on the way to the environment (see `ppo`)."""
+    action space happens only on the way to the environment (see `Runner.collect`)."""
 
     def __init__(self, mean_net: nn.Module, action_dim: int, log_std_init: float):
         super().__init__()
@@ -375,25 +344,34 @@ class ActorCritic(nn.Module):
         return self.actor.mode(self.actor(self.encoder(observations)))
 
 
+def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
+    """Raise UserError unless the networks here can take these spaces."""
+    vector = isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1
+    frames = (isinstance(observation_space, gym.spaces.Box) and observation_space.dtype == np.uint8
+              and len(observation_space.shape) == 3 and observation_space.shape[0] == 3)
+    if not (vector or frames):
+        raise UserError(f"observations {observation_space} are not supported; ppo.py takes 1-D Box vectors "
+                        "or (3, H, W) uint8 frame stacks (flatten or wrap the environment)")
+    if not (isinstance(action_space, gym.spaces.Discrete)
+            or (isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1)):
+        raise UserError(f"actions {action_space} are not supported; ppo.py takes Discrete or 1-D Box actions")
+
+
 def build_actor_critic(observation_space: gym.Space, action_space: gym.Space, config: Config) -> ActorCritic:
     """Choose the network from the observation space and the actor from the action space."""
+    check_spaces(observation_space, action_space)
     image = len(observation_space.shape) == 3
     if image:
         encoder = nn.Sequential(FramePreStacking(), cnn(observation_space.shape, config.cnn))
         features = CNN_LAYERS[config.cnn][1]
         hidden: tuple[int, ...] = ()  # the heads are single linear layers on the cnn features
-    elif len(observation_space.shape) == 1:
-        encoder, features, hidden = nn.Identity(), observation_space.shape[0], config.hidden_sizes
     else:
-        raise UserError(f"observations of shape {observation_space.shape} are not supported; "
-                        "use an environment with vector or (3, 84, 84) image observations")
+        encoder, features, hidden = nn.Identity(), observation_space.shape[0], config.hidden_sizes
     if isinstance(action_space, gym.spaces.Discrete):
         actor: Actor = CategoricalActor(mlp((features, *hidden, int(action_space.n)), config.activation, 0.01))
-    elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+    else:
         action_dim = action_space.shape[0]
         actor = GaussianActor(mlp((features, *hidden, action_dim), config.activation, 0.01), action_dim, config.log_std_init)
-    else:
-        raise UserError(f"action space {action_space} is not supported; PPO here takes Discrete or 1-D Box actions")
     critic = Critic(mlp((features, *hidden, 1), config.activation, 1.0))
     return ActorCritic(encoder, actor, critic)
 
@@ -564,6 +542,11 @@ class RewardScaler:
 # ---------------------------------------------------------------------------------------
 
 
+def observation_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Frames stay uint8 until the device (FramePreStacking converts them); vectors become float32."""
+    return torch.as_tensor(array, dtype=torch.uint8 if array.dtype == np.uint8 else torch.float32, device=device)
+
+
 def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
 
@@ -596,15 +579,21 @@ def make_environments(config: Config, num_envs: int, render_mode: typing.Optiona
     env_id = config.env_id
     check_environment(env_id)
     if is_atari(env_id):
-        return gym.make_vec(
+        envs = gym.make_vec(
             env_id, num_envs=num_envs, vectorization_mode="vector_entry_point",
             stack_num=3, frameskip=config.frame_skip, repeat_action_probability=config.repeat_action_probability,
             reward_clipping=False, episodic_life=False, num_threads=config.env_threads,
         )
-    if gym.spec(env_id).vector_entry_point is not None and render_mode is None:
-        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
-    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", render_mode=render_mode,
-                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
+    elif gym.spec(env_id).vector_entry_point is not None and render_mode is None:
+        envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
+    else:
+        envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", render_mode=render_mode,
+                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
+    mode = envs.metadata.get("autoreset_mode")
+    if mode != gym.vector.AutoresetMode.NEXT_STEP:  # the buffer's masking relies on it
+        envs.close()
+        raise UserError(f"{env_id}'s vector environment resets in {mode} mode; ppo.py needs NEXT_STEP")
+    return envs
 
 
 # Vector environments whose whole state is numpy arrays plus one random generator.
@@ -655,7 +644,7 @@ class Runner:
         """Environment arrays -> what the networks see, on the device."""
         if self.observation_normalizer:
             raw = self.observation_normalizer(raw, update)
-        return torch.as_tensor(raw, device=self.device)
+        return observation_tensor(raw, self.device)
 
     @torch.no_grad()
     def collect(self, agent: ActorCritic, buffer: PPOBuffer) -> tuple[int, torch.Tensor]:
@@ -710,7 +699,10 @@ class Runner:
             print("note: this environment's state cannot be saved; resumed episodes start from a fresh reset")
             self.raw_observations, _ = self.envs.reset(seed=reset_seed)
             self.episode_returns[:], self.autoreset[:] = 0.0, False
-        # The saved statistics already count this observation.
+            if self.reward_scaler:
+                self.reward_scaler.discounted_returns[:] = 0.0
+        # Not counted in the statistics: the saved observation already was, and a fresh
+        # reset observation is left out so that a resume does not change them.
         self.observations = self.observe(self.raw_observations, update=False)
 
 
@@ -769,8 +761,18 @@ def normalize(advantages):
 # ---------------------------------------------------------------------------------------
 
 CHECKPOINT_FORMAT = 1
-# Fields that decide the shapes of the networks: a checkpoint is only loadable if they agree.
-ARCHITECTURE_FIELDS = ("env", "hidden_sizes", "activation", "cnn")
+# Fields that decide the shapes of the networks and of the saved state: a checkpoint is
+# only loadable, or resumable, if they agree.
+FIXED_FIELDS = ("env", "hidden_sizes", "activation", "cnn", "normalize_observations")
+FIXED_ON_RESUME = FIXED_FIELDS + ("num_envs", "num_steps", "scale_rewards")
+
+
+def as_flag(name: str, value) -> str:
+    """The command-line flag that sets a Config field to value."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    return f"{flag} {' '.join(map(str, value)) if isinstance(value, tuple) else value}"
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -805,13 +807,13 @@ def load_checkpoint(path: str) -> dict:
 
 
 def check_compatible(checkpoint_config: Config, config: Config, path: str) -> None:
-    for name in ARCHITECTURE_FIELDS:
+    for name in FIXED_ON_RESUME:
         saved, wanted = getattr(checkpoint_config, name), getattr(config, name)
         if name == "env":
             saved, wanted = checkpoint_config.env_id, config.env_id
         if saved != wanted:
             raise UserError(f"{path} was trained with {name}={saved!r}, not {wanted!r}; "
-                            f"run with --{name.replace('_', '-')} {saved} or start a new run")
+                            f"resume with {as_flag(name, getattr(checkpoint_config, name))} or start a new run")
 
 
 def load_model_state(agent: nn.Module, state: dict, path: str) -> None:
@@ -831,6 +833,42 @@ class TrainingDiverged(Exception):
     """A loss or parameter became NaN or infinite."""
 
 
+def check_config(config: Config) -> None:
+    """Raise UserError for a hyperparameter that cannot work."""
+    for name in ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs",
+                 "return_window", "save_every", "frame_skip"):
+        if getattr(config, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(config, name)}")
+    if config.batch_size % config.num_minibatches or config.batch_size // config.num_minibatches < 8:
+        raise UserError(f"the batch of num_envs * num_steps = {config.batch_size} steps does not split into "
+                        f"{config.num_minibatches} minibatches of at least 8 steps; choose fewer --num-minibatches "
+                        f"(a divisor of {config.batch_size}) or more --num-envs or --num-steps")
+    if not 0 <= config.seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32), got {config.seed}")
+    if config.total_steps < config.batch_size:
+        raise UserError(f"--total-steps {config.total_steps} is less than one batch ({config.batch_size} steps); raise it")
+    for name in ("gamma", "gae_lambda"):
+        if not 0 < getattr(config, name) <= 1:
+            raise UserError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(config, name)}")
+    if not 0 < config.clip_coef < 1:
+        raise UserError(f"--clip-coef must be in (0, 1), got {config.clip_coef}")
+    if not 0 <= config.repeat_action_probability < 1:
+        raise UserError(f"--repeat-action-probability must be in [0, 1), got {config.repeat_action_probability}")
+    for name in ("learning_rate", "vf_coef", "max_grad_norm", "observation_clip"):
+        if not getattr(config, name) > 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    if not config.ent_coef >= 0:
+        raise UserError(f"--ent-coef must be zero or positive, got {config.ent_coef}")
+    if config.target_kl is not None and not config.target_kl > 0:
+        raise UserError(f"--target-kl must be positive (or none), got {config.target_kl}")
+    if not config.hidden_sizes or min(config.hidden_sizes) <= 0:
+        raise UserError(f"--hidden-sizes must be one or more positive widths, got {config.hidden_sizes}")
+    if config.activation not in ACTIVATIONS:
+        raise UserError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {config.activation!r}")
+    if config.cnn not in CNN_LAYERS:
+        raise UserError(f"--cnn must be one of {', '.join(CNN_LAYERS)}, got {config.cnn!r}")
+
+
 def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
@@ -838,6 +876,8 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices; use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device {name!r} is not supported; use cpu or cuda")
     return device
@@ -1009,6 +1049,10 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     if not resume and os.path.exists(checkpoint_path):
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {checkpoint_path}, or choose another --run-dir")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the run folder {run_dir} ({error.strerror}); choose another --run-dir") from None
     if config.torch_threads > 0:
         torch.set_num_threads(config.torch_threads)
 
@@ -1029,7 +1073,6 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
         if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
 
-    os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.json"), "w") as file:
         json.dump(dataclasses.asdict(config), file, indent=2)
     log = MetricsLog(run_dir, config.tensorboard, append=bool(resume))
@@ -1061,10 +1104,10 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
                 batch = buffer.flatten_valid(advantages, returns)
                 losses = update(agent, optimizer, parameters, batch, config)
                 if not all_finite(agent, losses):
-                    kept = (f"the last good checkpoint, {checkpoint_path}, is kept: resume from it" if os.path.exists(checkpoint_path)
-                            else "no checkpoint had been written yet")
-                    raise TrainingDiverged(f"iteration {iteration + 1}: a loss or parameter became NaN or infinite; {kept} "
-                                           "with a lower --learning-rate or --max-grad-norm")
+                    advice = "lower --learning-rate or --max-grad-norm"
+                    kept = (f"the last good checkpoint, {checkpoint_path}, is kept: resume from it with a {advice}"
+                            if os.path.exists(checkpoint_path) else f"no checkpoint had been written yet; start again with a {advice}")
+                    raise TrainingDiverged(f"iteration {iteration + 1}: a loss or parameter became NaN or infinite; {kept}")
                 completed = iteration + 1
 
                 now = time.time()
@@ -1135,7 +1178,7 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu")
     while len(returns) < episodes:
         observations = normalizer(raw, update=False) if normalizer else raw
         with torch.inference_mode():
-            actions = agent.deterministic_action(torch.as_tensor(observations, device=torch_device)).cpu().numpy()
+            actions = agent.deterministic_action(observation_tensor(observations, torch_device)).cpu().numpy()
         if continuous:
             actions = np.clip(actions, envs.single_action_space.low, envs.single_action_space.high)
         raw, reward, terminated, truncated, _ = envs.step(actions)
@@ -1199,6 +1242,7 @@ def make_config(env: str = "CartPole", **overrides) -> Config:
                 probe = gym.make(env)
             except (gym.error.Error, ImportError) as error:
                 raise UserError(f"{env} cannot be made here: {error}") from None
+            check_spaces(probe.observation_space, probe.action_space)
             defaults = CONTINUOUS_DEFAULTS if isinstance(probe.action_space, gym.spaces.Box) else {}
             probe.close()
     try:
@@ -1222,7 +1266,8 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
             return 0
         if resume:
             saved = load_checkpoint(resume)["config"]
-            config = dataclasses.replace(saved, **arguments)
+            # The run continues beside its checkpoint (wherever it was moved), unless --run-dir says otherwise.
+            config = dataclasses.replace(saved, **{"run_dir": None, **arguments})
             check_config(config)
         else:
             config = make_config(**arguments)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -165,6 +166,9 @@ BAD_INPUTS = [
     (["--total-steps", "10"], "is less than one batch"),
     (["--device", "tpu"], "--device 'tpu' is not a torch device; use cpu, cuda or cuda:N"),
     (["--device", "mps"], "--device 'mps' is not supported; use cpu or cuda"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32)"),
+    (["--num-envs", "1", "--num-steps", "4", "--num-minibatches", "4"], "minibatches of at least 8 steps"),
+    (["--env", "Blackjack-v1"], "are not supported; ppo.py takes 1-D Box vectors"),
     (["--resume", "/no/such/checkpoint.pt"], "no checkpoint at /no/such/checkpoint.pt"),
     (["--eval", "/no/such/checkpoint.pt"], "no checkpoint at /no/such/checkpoint.pt"),
 ]
@@ -210,7 +214,10 @@ def test_corrupt_checkpoint_is_refused_and_left_as_it_was(tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--env", "Acrobot-v1"], "was trained with env='CartPole-v1', not 'Acrobot-v1'"),
-    (["--hidden-sizes", "32", "32"], "was trained with hidden_sizes=(64, 64), not (32, 32)"),
+    (["--hidden-sizes", "32", "32"], "not (32, 32); resume with --hidden-sizes 64 64"),
+    (["--num-envs", "8"], "was trained with num_envs=32, not 8"),
+    (["--num-steps", "32"], "was trained with num_steps=16, not 32"),
+    (["--normalize-observations"], "not True; resume with --no-normalize-observations"),
 ])
 def test_checkpoint_of_another_environment_or_shape_is_refused(tmp_path, capsys, flags, message):
     metrics = ppo.ppo(cartpole(tmp_path, total_steps=1024))
@@ -248,3 +255,19 @@ def test_tensorboard_scalars_when_the_package_is_installed(tmp_path):
     events.Reload()
     assert [event.step for event in events.Scalars("mean_return")] == [
         int(row.split(",")[1]) for row in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+
+
+def test_a_moved_run_resumes_beside_its_checkpoint_and_leaves_the_original_alone(tmp_path):
+    import shutil
+    ppo.ppo(cartpole(tmp_path / "original", total_steps=1024))
+    shutil.copytree(tmp_path / "original", tmp_path / "copy")
+    before = {name: (tmp_path / "original" / name).read_bytes() for name in os.listdir(tmp_path / "original")}
+    assert ppo.main(["--resume", str(tmp_path / "copy" / "checkpoint.pt"), "--total-steps", "2048"]) == 0
+    assert {name: (tmp_path / "original" / name).read_bytes() for name in os.listdir(tmp_path / "original")} == before
+    assert torch.load(tmp_path / "copy" / "checkpoint.pt", weights_only=True)["iteration"] == 4
+
+
+def test_float64_observations_reach_the_network_as_float32():
+    observations = ppo.observation_tensor(np.zeros((2, 3), dtype=np.float64), torch.device("cpu"))
+    frames = ppo.observation_tensor(np.zeros((2, 3, 4, 4), dtype=np.uint8), torch.device("cpu"))
+    assert observations.dtype == torch.float32 and frames.dtype == torch.uint8

@@ -115,7 +115,7 @@ def test_the_buffer_stores_the_unclipped_action_and_the_update_uses_its_log_prob
 
 
 def test_normalizers_round_trip_through_a_checkpoint_exactly(tmp_path):
-    config = ppo.make_config("Pendulum", num_envs=2, num_steps=64)
+    config = ppo.make_config("Pendulum", num_envs=2, num_steps=64, num_minibatches=2)
     device = torch.device("cpu")
     envs = ppo.make_environments(config, config.num_envs)
     agent = ppo.build_actor_critic(envs.single_observation_space, envs.single_action_space, config)
@@ -130,7 +130,8 @@ def test_normalizers_round_trip_through_a_checkpoint_exactly(tmp_path):
         assert np.array_equal(getattr(restored.observation_normalizer.statistics, name), getattr(runner.observation_normalizer.statistics, name))
         assert np.array_equal(getattr(restored.reward_scaler.statistics, name), getattr(runner.reward_scaler.statistics, name))
     assert restored.observation_normalizer.statistics.count == runner.observation_normalizer.statistics.count
-    assert np.array_equal(restored.reward_scaler.discounted_returns, runner.reward_scaler.discounted_returns)
+    # Pendulum's episodes cannot be saved, so the resumed ones start afresh: so do their returns.
+    assert np.all(restored.reward_scaler.discounted_returns == 0) and np.any(runner.reward_scaler.discounted_returns != 0)
 
 
 def test_evaluation_uses_the_saved_statistics_without_updating_them(tmp_path, monkeypatch):
