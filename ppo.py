@@ -762,9 +762,9 @@ def normalize(advantages):
 
 CHECKPOINT_FORMAT = 1
 # Fields that decide the shapes of the networks and of the saved state: a checkpoint is
-# only loadable, or resumable, if they agree.
-FIXED_FIELDS = ("env", "hidden_sizes", "activation", "cnn", "normalize_observations")
-FIXED_ON_RESUME = FIXED_FIELDS + ("num_envs", "num_steps", "scale_rewards")
+# only resumable if they agree.
+FIXED_ON_RESUME = ("env", "hidden_sizes", "activation", "cnn", "normalize_observations",
+                   "num_envs", "num_steps", "scale_rewards")
 
 
 def as_flag(name: str, value) -> str:
@@ -1242,9 +1242,9 @@ def make_config(env: str = "CartPole", **overrides) -> Config:
                 probe = gym.make(env)
             except (gym.error.Error, ImportError) as error:
                 raise UserError(f"{env} cannot be made here: {error}") from None
+            probe.close()
             check_spaces(probe.observation_space, probe.action_space)
             defaults = CONTINUOUS_DEFAULTS if isinstance(probe.action_space, gym.spaces.Box) else {}
-            probe.close()
     try:
         config = Config(env=env, **{**defaults, **overrides})
     except TypeError as error:

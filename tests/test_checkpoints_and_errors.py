@@ -22,6 +22,11 @@ def cartpole(run_dir, **overrides):
     return ppo.make_config("CartPole", **{**settings, **overrides})
 
 
+def folder_contents(folder):
+    """Every file of a folder and its bytes, to show that nothing was written over."""
+    return {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+
+
 def learning_state(checkpoint_path):
     checkpoint = torch.load(checkpoint_path, weights_only=True)
     return checkpoint["model"], checkpoint["optimizer"]
@@ -221,11 +226,11 @@ def test_corrupt_checkpoint_is_refused_and_left_as_it_was(tmp_path, capsys):
 ])
 def test_checkpoint_of_another_environment_or_shape_is_refused(tmp_path, capsys, flags, message):
     metrics = ppo.ppo(cartpole(tmp_path, total_steps=1024))
-    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    before = folder_contents(tmp_path)
     capsys.readouterr()
     assert ppo.main(["--resume", metrics["checkpoint"]] + flags) == 2
     assert message in capsys.readouterr().err
-    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+    assert folder_contents(tmp_path) == before
 
 
 def test_checkpoint_whose_networks_do_not_fit_is_refused(tmp_path, capsys):
@@ -240,11 +245,11 @@ def test_checkpoint_whose_networks_do_not_fit_is_refused(tmp_path, capsys):
 
 def test_a_new_run_never_overwrites_an_existing_one(tmp_path, capsys):
     ppo.ppo(cartpole(tmp_path, total_steps=1024))
-    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    before = folder_contents(tmp_path)
     capsys.readouterr()
     assert ppo.main(["--run-dir", str(tmp_path)]) == 2
     assert f"already holds a run; continue it with --resume {tmp_path / 'checkpoint.pt'}" in capsys.readouterr().err
-    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+    assert folder_contents(tmp_path) == before
 
 
 def test_tensorboard_scalars_when_the_package_is_installed(tmp_path):
@@ -261,9 +266,9 @@ def test_a_moved_run_resumes_beside_its_checkpoint_and_leaves_the_original_alone
     import shutil
     ppo.ppo(cartpole(tmp_path / "original", total_steps=1024))
     shutil.copytree(tmp_path / "original", tmp_path / "copy")
-    before = {name: (tmp_path / "original" / name).read_bytes() for name in os.listdir(tmp_path / "original")}
+    before = folder_contents(tmp_path / "original")
     assert ppo.main(["--resume", str(tmp_path / "copy" / "checkpoint.pt"), "--total-steps", "2048"]) == 0
-    assert {name: (tmp_path / "original" / name).read_bytes() for name in os.listdir(tmp_path / "original")} == before
+    assert folder_contents(tmp_path / "original") == before
     assert torch.load(tmp_path / "copy" / "checkpoint.pt", weights_only=True)["iteration"] == 4
 
 
