@@ -20,9 +20,14 @@ Run:
     python ppo.py --eval runs/CartPole-v1-1-<time>/checkpoint.pt --episodes 10
     python ppo.py --help                     # every flag, with its meaning and range
 
-Reading order: 1 configuration, 2 networks (mlp, cnn, FramePreStacking), 3 actors and
-critic, 4 rollout buffer and GAE, 5 running normalization, 6 environments and the runner
-that steps them, 7 the loss, 8 checkpoints, 9 training, 10 evaluation, 11 command line.
+The file has two parts.
+Part I, the algorithm, uses no tooling: 1 configuration, 2 networks (mlp, cnn,
+FramePreStacking), 3 actors and critic, 4 rollout buffer and GAE, 5 running normalization,
+6 environments and the runner that collects rollouts, 7 the losses, 8 the update and one
+PPO iteration. A reader who stops there has read all of PPO.
+Part II runs it as a tool: 9 checkpoints and saved environment state, 10 the run folder,
+metrics log and signals, 11 `ppo()`, the training loop with logging, saving and stopping,
+12 evaluation, 13 the command line.
 """
 
 from __future__ import annotations
@@ -48,9 +53,17 @@ import torch
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 from torch import nn
 
+# =======================================================================================
+# PART I. THE ALGORITHM
+# =======================================================================================
+
 # ---------------------------------------------------------------------------------------
 # 1. Configuration
 # ---------------------------------------------------------------------------------------
+
+
+class UserError(Exception):
+    """A problem with the input: the message names it and says how to fix it."""
 
 
 def option(default, help: str):
@@ -60,12 +73,16 @@ def option(default, help: str):
 
 @dataclass(frozen=True)
 class Config:
-    """Every hyperparameter of a run. Symbols are those of the PPO and GAE papers."""
+    """Every hyperparameter of a run. Symbols are those of the PPO and GAE papers.
+
+    A Config is valid once made: `__post_init__` checks every field's type and range, so
+    a bad flag, a bad preset or a bad checkpoint all stop at the same place.
+    """
 
     env: str = option("CartPole", "gymnasium environment id (Acrobot-v1, ALE/Breakout-v5) or a preset: CartPole, Pendulum, Pong")
-    seed: int = option(1, "seed of the environments, network initialization and sampling")
+    seed: int = option(1, "seed of the environments, network initialization and sampling; 0 to 2**32 - 1")
     device: str = option("cpu", "torch device: cpu, cuda, cuda:1")
-    total_steps: int = option(500_000, "environment steps to train for, summed over all parallel environments (N * T per iteration)")
+    total_steps: int = option(500_000, "N * T slots to train for (autoreset steps included, so the logged step count of real transitions is a little lower)")
     num_envs: int = option(4, "N, parallel environments; typically 1 to 64")
     num_steps: int = option(128, "T, rollout length per environment per iteration; typically 16 to 2048")
     num_minibatches: int = option(4, "minibatches per epoch; num_envs * num_steps must split into minibatches of at least 8 steps")
@@ -74,22 +91,22 @@ class Config:
     anneal_lr: bool = option(True, "decay the learning rate linearly to 0 over the run")
     gamma: float = option(0.99, "gamma, discount factor in (0, 1]; typically 0.9 to 0.999")
     gae_lambda: float = option(0.95, "lambda of GAE in (0, 1]; 1 is Monte Carlo, 0 is one-step TD; typically 0.8 to 0.99")
-    clip_coef: float = option(0.2, "epsilon, clip range of the probability ratio, in (0, 1); typically 0.1 to 0.3")
+    clip_coef: float = option(0.2, "epsilon, clip range of the probability ratio, in (0, 1); typically 0.1 to 0.3; not annealed")
     ent_coef: float = option(0.01, "c2, weight of the entropy bonus; typically 0 to 0.01")
-    vf_coef: float = option(0.5, "c1, weight of the value loss; typically 0.5 to 1")
+    vf_coef: float = option(0.5, "weight of the value loss (V - R)^2 / 2, so the paper's c1 is vf_coef / 2; typically 0.5 to 1")
     max_grad_norm: float = option(0.5, "clip the global gradient norm to this; typically 0.5")
-    target_kl: typing.Optional[float] = option(None, "stop an iteration's update early once approx KL exceeds this (none: never); typically 0.01 to 0.05")
+    target_kl: typing.Optional[float] = option(None, "end an iteration's whole update once approx KL exceeds this (none: never); typically 0.01 to 0.05")
     normalize_advantages: bool = option(True, "normalize advantages to zero mean, unit std per minibatch")
     hidden_sizes: typing.Tuple[int, ...] = option((64, 64), "widths of the hidden layers of the mlp actor and critic")
-    activation: str = option("tanh", "activation of the mlp: tanh or relu")
-    cnn: str = option("nature", "convolutional network for image observations: nature (32-64-64 conv, 512 linear) or small (16-32 conv, 256 linear)")
-    log_std_init: float = option(0.0, "initial log standard deviation of the Gaussian actor (continuous actions); typically -1 to 0")
+    activation: typing.Literal["tanh", "relu"] = option("tanh", "activation of the mlp: tanh or relu")
+    cnn: typing.Literal["nature", "small"] = option("nature", "convolutional network for image observations: nature (32-64-64 conv, 512 linear) or small (16-32 conv, 256 linear)")
+    log_std_init: float = option(0.0, "initial log standard deviation of the Gaussian actor (continuous actions); -10 to 2, typically -1 to 0")
     normalize_observations: bool = option(False, "normalize observations by a running mean and std (continuous control)")
     observation_clip: float = option(10.0, "clip normalized observations to [-c, c]")
     scale_rewards: bool = option(False, "divide rewards by a running std of the discounted return (continuous control)")
     clip_rewards: bool = option(False, "train on the sign of each reward (Atari); episode returns are still logged unclipped")
     frame_skip: int = option(4, "Atari: emulator frames per agent step (the last two are max-pooled)")
-    repeat_action_probability: float = option(0.0, "Atari: sticky-action probability; 0 as in the PPO paper, 0.25 in the ALE v5 protocol")
+    repeat_action_probability: float = option(0.0, "Atari: sticky-action probability in [0, 1); 0 as in the PPO paper, 0.25 in the ALE v5 protocol")
     env_threads: int = option(0, "Atari: threads of the C++ vector environment (0: ale-py's default)")
     torch_threads: int = option(0, "CPU threads for torch (0: torch's default); 1 is fastest for small mlps")
     target_return: typing.Optional[float] = option(None, "stop once the mean return of the last return_window episodes reaches this (none: never)")
@@ -98,9 +115,54 @@ class Config:
     save_every: int = option(50, "write a checkpoint every this many iterations, and at the end")
     tensorboard: bool = option(False, "also write TensorBoard scalars to the run folder (needs the tensorboard package)")
 
+    def __post_init__(self):
+        hints = typing.get_type_hints(Config)
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if not is_of_type(value, hints[item.name]):
+                raise UserError(f"{flag_name(item.name)} must be {type_name(hints[item.name])}, got {value!r}")
+        positive = ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs",
+                    "return_window", "save_every", "frame_skip")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UserError(f"{flag_name(name)} must be a positive integer, got {getattr(self, name)}")
+        for name in ("env_threads", "torch_threads"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{flag_name(name)} must be 0 (the default) or a positive count, got {getattr(self, name)}")
+        if self.batch_size % self.num_minibatches or self.batch_size // self.num_minibatches < 8:
+            raise UserError(f"the batch of num_envs * num_steps = {self.batch_size} steps does not split into "
+                            f"{self.num_minibatches} minibatches of at least 8 steps; choose fewer --num-minibatches "
+                            f"(a divisor of {self.batch_size}) or more --num-envs or --num-steps")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"--seed must be in [0, 2**32), got {self.seed}")
+        if self.total_steps < self.batch_size:
+            raise UserError(f"--total-steps {self.total_steps} is less than one batch ({self.batch_size} steps); raise it")
+        for name in ("gamma", "gae_lambda"):
+            if not 0 < getattr(self, name) <= 1:
+                raise UserError(f"{flag_name(name)} must be in (0, 1], got {getattr(self, name)}")
+        if not 0 < self.clip_coef < 1:
+            raise UserError(f"--clip-coef must be in (0, 1), got {self.clip_coef}")
+        if not 0 <= self.repeat_action_probability < 1:
+            raise UserError(f"--repeat-action-probability must be in [0, 1), got {self.repeat_action_probability}")
+        for name in ("learning_rate", "vf_coef", "max_grad_norm", "observation_clip"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
+        if not self.ent_coef >= 0:
+            raise UserError(f"--ent-coef must be zero or positive, got {self.ent_coef}")
+        if self.target_kl is not None and not self.target_kl > 0:
+            raise UserError(f"--target-kl must be positive (or none), got {self.target_kl}")
+        if not -10 <= self.log_std_init <= 2:  # exp(2) = 7.4 is already a very wide first policy
+            raise UserError(f"--log-std-init must be in [-10, 2], got {self.log_std_init}")
+        if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
+            raise UserError(f"--hidden-sizes must be one or more positive widths, got {self.hidden_sizes}")
+
     @property
     def batch_size(self) -> int:
         return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
 
     @property
     def num_iterations(self) -> int:
@@ -109,6 +171,40 @@ class Config:
     @property
     def env_id(self) -> str:
         return PRESETS[self.env][0] if self.env in PRESETS else self.env
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def is_of_type(value, hint) -> bool:
+    """Whether value fits one of the Config's type hints (bool is not taken for an int;
+    floats must be finite: inf and nan are never a sensible hyperparameter)."""
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        return any(is_of_type(value, argument) for argument in arguments)
+    if origin is typing.Literal:
+        return value in arguments
+    if origin is tuple:
+        return isinstance(value, tuple) and all(is_of_type(item, arguments[0]) for item in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def type_name(hint) -> str:
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return " or ".join("none" if argument is type(None) else type_name(argument) for argument in arguments)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(arguments)
+    if origin is tuple:
+        return "a list of integers"
+    return {float: "a finite number", int: "an integer", bool: "true or false", str: "a string"}[hint]
 
 
 # Per-environment choices live here, never inside the generic code. A preset is a
@@ -138,15 +234,11 @@ CONTINUOUS_DEFAULTS = dict(
 )
 
 
-class UserError(Exception):
-    """A problem with the input: the message names it and says how to fix it."""
-
-
 # ---------------------------------------------------------------------------------------
 # 2. Networks
 # ---------------------------------------------------------------------------------------
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}  # the names Config.activation allows
 
 
 def layer_init(layer: nn.Module, gain: float) -> nn.Module:
@@ -171,7 +263,8 @@ def mlp(sizes: typing.Sequence[int], activation: str, output_gain: float) -> nn.
     return nn.Sequential(*layers)
 
 
-# (out_channels, kernel, stride) of each convolution, then the width of the linear layer.
+# (out_channels, kernel, stride) of each convolution, then the width of the linear layer;
+# the names Config.cnn allows.
 CNN_LAYERS = {
     "nature": ([(32, 8, 4), (64, 4, 2), (64, 3, 1)], 512),  # Mnih et al. 2015, used by the PPO paper
     "small": ([(16, 8, 4), (32, 4, 2)], 256),  # Mnih et al. 2013, about 3x cheaper
@@ -202,11 +295,12 @@ class FramePreStacking(nn.Module):
         position     = f(t)
         velocity     = f(t) - f(t-1)                  (first backward difference)
         acceleration = f(t) - 2 f(t-1) + f(t-2)       (second backward difference)
-    The environment keeps the last three grayscale 84x84 frames; this layer runs on the
-    device, on the whole (B, 3, H, W) uint8 batch, so observations stay uint8 (4x smaller)
-    until they reach the device and no Python runs per environment. On the first two steps
-    of a game the older frames are zeros (ale-py pads the stack), so velocity and
-    acceleration then show the whole first frame.
+    Three frames, not the usual stack of four (Mnih et al. 2015), because three are all
+    that position, velocity and acceleration need. The environment keeps the last three
+    grayscale 84x84 frames; this layer runs on the device, on the whole (B, 3, H, W) uint8
+    batch, so observations stay uint8 (4x smaller) until they reach the device and no
+    Python runs per environment. On the first two steps of a game the older frames are
+    zeros (ale-py pads the stack), so velocity and acceleration then show the whole first frame.
     """
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
@@ -227,22 +321,23 @@ class FramePreStacking(nn.Module):
 
 
 class Actor(nn.Module):
-    """A policy pi(a|s). `forward` maps features of s to the distribution's parameters
-    (log-probabilities or a mean); the other methods are the distribution's math, written
-    out so that each formula is visible (tests check them against torch.distributions)."""
+    """A policy pi(a|s). `forward` maps features of s to a tensor that fixes the action
+    distribution (its log-probabilities, or its mean); the other methods are that
+    distribution's math, written out so that each formula is visible (tests check them
+    against torch.distributions)."""
 
-    def sample(self, parameters: torch.Tensor) -> torch.Tensor:
+    def sample(self, distribution: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def log_prob(self, parameters: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, distribution: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """log pi(a|s), one number per sample: (B,)."""
         raise NotImplementedError
 
-    def entropy(self, parameters: torch.Tensor) -> torch.Tensor:
+    def entropy(self, distribution: torch.Tensor) -> torch.Tensor:
         """H[pi(.|s)], one number per sample: (B,)."""
         raise NotImplementedError
 
-    def mode(self, parameters: torch.Tensor) -> torch.Tensor:
+    def mode(self, distribution: torch.Tensor) -> torch.Tensor:
         """The most likely action, for deterministic evaluation."""
         raise NotImplementedError
 
@@ -327,15 +422,15 @@ class ActorCritic(nn.Module):
     def act(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample actions for a batch of states: actions, their log-probs (B,), values (B,)."""
         features = self.encoder(observations)
-        parameters = self.actor(features)
-        actions = self.actor.sample(parameters)
-        return actions, self.actor.log_prob(parameters, actions), self.critic(features)
+        distribution = self.actor(features)
+        actions = self.actor.sample(distribution)
+        return actions, self.actor.log_prob(distribution, actions), self.critic(features)
 
     def evaluate(self, observations: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """log pi(a|s), entropy and V(s) of stored samples under the current parameters."""
+        """log pi(a|s), entropy and V(s) of stored samples under the current weights."""
         features = self.encoder(observations)
-        parameters = self.actor(features)
-        return self.actor.log_prob(parameters, actions), self.actor.entropy(parameters), self.critic(features)
+        distribution = self.actor(features)
+        return self.actor.log_prob(distribution, actions), self.actor.entropy(distribution), self.critic(features)
 
     def value(self, observations: torch.Tensor) -> torch.Tensor:
         return self.critic(self.encoder(observations))
@@ -362,7 +457,11 @@ def build_actor_critic(observation_space: gym.Space, action_space: gym.Space, co
     check_spaces(observation_space, action_space)
     image = len(observation_space.shape) == 3
     if image:
-        encoder = nn.Sequential(FramePreStacking(), cnn(observation_space.shape, config.cnn))
+        try:
+            encoder = nn.Sequential(FramePreStacking(), cnn(observation_space.shape, config.cnn))
+        except RuntimeError:  # the convolutions shrank the frame to nothing
+            raise UserError(f"frames of {observation_space.shape[1]}x{observation_space.shape[2]} are too small "
+                            f"for the {config.cnn} cnn; use larger frames (84x84 is standard)") from None
         features = CNN_LAYERS[config.cnn][1]
         hidden: tuple[int, ...] = ()  # the heads are single linear layers on the cnn features
     else:
@@ -423,7 +522,7 @@ class PPOBuffer:
     """
 
     def __init__(self, num_steps: int, num_envs: int, observation_space: gym.Space, action_space: gym.Space, device: torch.device):
-        obs_dtype = torch.uint8 if observation_space.dtype == np.uint8 else torch.float32
+        obs_dtype = torch.uint8 if len(observation_space.shape) == 3 else torch.float32  # frames stay uint8
         action_dtype = torch.int64 if isinstance(action_space, gym.spaces.Discrete) else torch.float32
         shape = (num_steps, num_envs)
         self.observations = torch.zeros(shape + observation_space.shape, dtype=obs_dtype, device=device)  # (T, N, *obs_shape)
@@ -492,12 +591,6 @@ class RunningMeanStd:
         self.var = squares / total
         self.count = total
 
-    def state_dict(self) -> dict:
-        return {"mean": torch.tensor(self.mean), "var": torch.tensor(self.var), "count": self.count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.mean, self.var, self.count = state["mean"].numpy().copy(), state["var"].numpy().copy(), state["count"]
-
 
 class ObservationNormalizer:
     """obs -> clip((obs - mean) / std, -c, c), with mean and std measured as training runs."""
@@ -505,8 +598,8 @@ class ObservationNormalizer:
     def __init__(self, shape: tuple[int, ...], clip: float):
         self.statistics, self.clip = RunningMeanStd(shape), clip
 
-    def __call__(self, observations: np.ndarray, update: bool) -> np.ndarray:
-        if update:
+    def __call__(self, observations: np.ndarray, update_statistics: bool) -> np.ndarray:
+        if update_statistics:
             self.statistics.update(observations)
         scaled = (observations - self.statistics.mean) / np.sqrt(self.statistics.var + 1e-8)
         return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
@@ -529,22 +622,16 @@ class RewardScaler:
         self.discounted_returns[episode_ended] = 0.0
         return (rewards / np.sqrt(self.statistics.var + 1e-8)).astype(np.float32)
 
-    def state_dict(self) -> dict:
-        return {"statistics": self.statistics.state_dict(), "discounted_returns": torch.from_numpy(self.discounted_returns.copy())}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.statistics.load_state_dict(state["statistics"])
-        self.discounted_returns = state["discounted_returns"].numpy().copy()
-
 
 # ---------------------------------------------------------------------------------------
-# 6. Environments
+# 6. Environments and the runner
 # ---------------------------------------------------------------------------------------
 
 
 def observation_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Frames stay uint8 until the device (FramePreStacking converts them); vectors become float32."""
-    return torch.as_tensor(array, dtype=torch.uint8 if array.dtype == np.uint8 else torch.float32, device=device)
+    """A batch of frames (N, 3, H, W) stays uint8 until the device (FramePreStacking
+    converts it); a batch of vectors (N, D) of any dtype becomes float32."""
+    return torch.as_tensor(array, dtype=torch.uint8 if array.ndim == 4 else torch.float32, device=device)
 
 
 def is_atari(env_id: str) -> bool:
@@ -559,6 +646,10 @@ def check_environment(env_id: str) -> None:
         import ale_py
         gym.register_envs(ale_py)
     if env_id not in gym.registry:
+        if env_id.endswith("NoFrameskip-v4") or env_id.endswith("-v4"):
+            game = env_id.split("NoFrameskip")[0].split("-v")[0]
+            raise UserError(f"{env_id} is an old gym id that ale-py 0.11 no longer registers; use --env ALE/{game}-v5 "
+                            "(ppo.py sets frame skip and sticky actions itself)" + (" or the preset --env Pong" if game == "Pong" else ""))
         known = list(PRESETS) + list(gym.registry)
         close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "see gymnasium.registry for the known ids"
@@ -568,11 +659,10 @@ def check_environment(env_id: str) -> None:
 def make_environments(config: Config, num_envs: int, render_mode: typing.Optional[str] = None) -> gym.vector.VectorEnv:
     """N copies of the environment behind one vectorized step, all in NEXT_STEP autoreset.
 
-    Atari uses ale-py's C++ vector environment: it steps the games on threads, repeats
-    each action for frame_skip frames, max-pools the last two, converts to grayscale,
-    resizes to 84x84, keeps the last 3 frames (for FramePreStacking) and presses FIRE
-    and does up to 30 no-ops on reset. Episodes end at game over or 108,000 frames.
-    Rewards come unclipped, so the logged return is the game score.
+    Atari uses ale-py's C++ vector environment: it steps the games on threads and does
+    the preprocessing of Mnih et al. (2015), each step spelled out below rather than left
+    to ale-py's defaults. Episodes end at game over or 108,000 frames. Rewards come
+    unclipped, so the logged return is the game score.
     Environments with a numpy-vectorized implementation (CartPole) use it; any other
     runs its copies one after another in this process.
     """
@@ -580,9 +670,16 @@ def make_environments(config: Config, num_envs: int, render_mode: typing.Optiona
     check_environment(env_id)
     if is_atari(env_id):
         envs = gym.make_vec(
-            env_id, num_envs=num_envs, vectorization_mode="vector_entry_point",
-            stack_num=3, frameskip=config.frame_skip, repeat_action_probability=config.repeat_action_probability,
-            reward_clipping=False, episodic_life=False, num_threads=config.env_threads,
+            env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", num_threads=config.env_threads,
+            frameskip=config.frame_skip,  # repeat each action for this many frames
+            maxpool=True,  # max over the last two of them (Atari draws some sprites every other frame)
+            grayscale=True, img_height=84, img_width=84,  # one 84x84 luminance image per step
+            stack_num=3,  # the last three images, for FramePreStacking
+            noop_max=30, use_fire_reset=True,  # reset: up to 30 no-ops (random starts), then FIRE to serve
+            repeat_action_probability=config.repeat_action_probability,
+            episodic_life=False,  # an episode is a whole game, not one life
+            max_num_frames_per_episode=108_000,  # 30 minutes of play at 60 frames per second
+            reward_clipping=False,  # the Runner clips (--clip-rewards) and logs the true score
         )
     elif gym.spec(env_id).vector_entry_point is not None and render_mode is None:
         envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
@@ -594,27 +691,6 @@ def make_environments(config: Config, num_envs: int, render_mode: typing.Optiona
         envs.close()
         raise UserError(f"{env_id}'s vector environment resets in {mode} mode; ppo.py needs NEXT_STEP")
     return envs
-
-
-# Vector environments whose whole state is numpy arrays plus one random generator.
-SAVABLE_ENVIRONMENTS = (CartPoleVectorEnv,)
-
-
-def environment_state(envs: gym.vector.VectorEnv) -> typing.Optional[dict]:
-    """The complete state of a numpy-vectorized environment, so a resumed run continues
-    the very same episodes; None for the others (Atari's state lives in C++)."""
-    unwrapped = envs.unwrapped
-    if not isinstance(unwrapped, SAVABLE_ENVIRONMENTS):
-        return None
-    arrays = {name: torch.from_numpy(value.copy()) for name, value in vars(unwrapped).items() if isinstance(value, np.ndarray)}
-    return {"arrays": arrays, "rng": unwrapped.np_random.bit_generator.state}
-
-
-def restore_environment_state(envs: gym.vector.VectorEnv, state: dict) -> None:
-    unwrapped = envs.unwrapped
-    for name, value in state["arrays"].items():
-        setattr(unwrapped, name, value.numpy().copy())
-    unwrapped.np_random.bit_generator.state = state["rng"]
 
 
 class Runner:
@@ -638,26 +714,26 @@ class Runner:
         self.autoreset = np.zeros(num_envs, dtype=bool)  # True where the next step only resets
         self.recent_returns: deque = deque(maxlen=config.return_window)
         self.raw_observations, _ = envs.reset(seed=config.seed)
-        self.observations = self.observe(self.raw_observations, update=True)
+        self.observations = self.network_input(self.raw_observations, update_statistics=True)
 
-    def observe(self, raw: np.ndarray, update: bool) -> torch.Tensor:
+    def network_input(self, raw: np.ndarray, update_statistics: bool) -> torch.Tensor:
         """Environment arrays -> what the networks see, on the device."""
         if self.observation_normalizer:
-            raw = self.observation_normalizer(raw, update)
+            raw = self.observation_normalizer(raw, update_statistics)
         return observation_tensor(raw, self.device)
 
     @torch.no_grad()
     def collect(self, agent: ActorCritic, buffer: PPOBuffer) -> tuple[int, torch.Tensor]:
         """Fill the buffer with T steps; return the number of real environment steps and
         V(s_T) of the observations after the last step (N,), for bootstrapping."""
-        steps = 0
+        environment_steps = 0
         for t in range(self.config.num_steps):
             actions, log_probs, values = agent.act(self.observations)
             # The buffer keeps the sampled action and its log-prob; only what is sent to
             # the environment is clipped to the action space.
-            sent = torch.max(torch.min(actions, self.action_high), self.action_low) if self.continuous else actions
-            raw_next, rewards, terminated, truncated, _ = self.envs.step(sent.cpu().numpy())
-            valid = ~self.autoreset
+            environment_actions = torch.max(torch.min(actions, self.action_high), self.action_low) if self.continuous else actions
+            raw_next, rewards, terminated, truncated, _ = self.envs.step(environment_actions.cpu().numpy())
+            valid = ~self.autoreset  # the step after an ending only resets: no transition
             episode_ended = terminated | truncated
             self.episode_returns += rewards
             for index in np.flatnonzero(episode_ended):
@@ -669,45 +745,13 @@ class Runner:
                 rewards = self.reward_scaler(rewards, episode_ended, valid)
             buffer.store(t, self.observations, actions, log_probs, values, rewards, terminated, truncated, valid)
             self.raw_observations, self.autoreset = raw_next, episode_ended
-            self.observations = self.observe(raw_next, update=True)
-            steps += int(valid.sum())
-        return steps, agent.value(self.observations)
-
-    def state_dict(self) -> dict:
-        return {
-            "environment": environment_state(self.envs),
-            "raw_observations": torch.from_numpy(np.array(self.raw_observations)),
-            "episode_returns": torch.from_numpy(self.episode_returns.copy()),
-            "autoreset": torch.from_numpy(self.autoreset.copy()),
-            "recent_returns": list(self.recent_returns),
-            "observation_normalizer": self.observation_normalizer.statistics.state_dict() if self.observation_normalizer else None,
-            "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler else None,
-        }
-
-    def load_state_dict(self, state: dict, reset_seed: int) -> None:
-        if self.observation_normalizer:
-            self.observation_normalizer.statistics.load_state_dict(state["observation_normalizer"])
-        if self.reward_scaler:
-            self.reward_scaler.load_state_dict(state["reward_scaler"])
-        self.recent_returns.extend(state["recent_returns"])
-        if state["environment"] is not None and environment_state(self.envs) is not None:
-            restore_environment_state(self.envs, state["environment"])
-            self.raw_observations = state["raw_observations"].numpy().copy()
-            self.episode_returns = state["episode_returns"].numpy().copy()
-            self.autoreset = state["autoreset"].numpy().copy()
-        else:
-            print("note: this environment's state cannot be saved; resumed episodes start from a fresh reset")
-            self.raw_observations, _ = self.envs.reset(seed=reset_seed)
-            self.episode_returns[:], self.autoreset[:] = 0.0, False
-            if self.reward_scaler:
-                self.reward_scaler.discounted_returns[:] = 0.0
-        # Not counted in the statistics: the saved observation already was, and a fresh
-        # reset observation is left out so that a resume does not change them.
-        self.observations = self.observe(self.raw_observations, update=False)
+            self.observations = self.network_input(raw_next, update_statistics=True)
+            environment_steps += int(valid.sum())
+        return environment_steps, agent.value(self.observations)
 
 
 # ---------------------------------------------------------------------------------------
-# 7. The loss
+# 7. The losses
 # ---------------------------------------------------------------------------------------
 
 
@@ -726,17 +770,28 @@ def clipped_surrogate_loss(new_log_probs, old_log_probs, advantages, clip_coef):
 
 
 def value_loss(values, returns):
-    """(V_theta(s_t) - V_t^targ)^2 / 2, the squared-error term of [PPO eq. 9]."""
+    """(V_theta(s_t) - V_t^targ)^2 / 2, the squared-error term L^VF of [PPO eq. 9], halved.
+
+    The value loss is not clipped. OpenAI's baselines clip it the way the ratio is
+    clipped, but that is not in the paper, and Engstrom et al. (2020) and Andrychowicz
+    et al. (2021) found that it does not help and can hurt.
+    """
     return 0.5 * ((values - returns) ** 2).mean()
 
 
 def ppo_loss(clip_loss, critic_loss, entropy, vf_coef, ent_coef):
-    """-L^{CLIP+VF+S} = -L^CLIP + c1 L^VF - c2 S[pi]                          [PPO eq. 9]"""
+    """-L^{CLIP+VF+S} = -L^CLIP + c1 L^VF - c2 S[pi]                          [PPO eq. 9]
+
+    critic_loss is L^VF / 2, so vf_coef plays the part of 2 c1: the usual vf_coef = 0.5
+    is the paper's c1 = 0.25 on the unhalved squared error.
+    """
     return clip_loss + vf_coef * critic_loss - ent_coef * entropy
 
 
 def approx_kl(new_log_probs, old_log_probs):
-    """KL(pi_old || pi_new) estimated as E[(r - 1) - log r]: unbiased and never negative."""
+    """KL(pi_old || pi_new) estimated as E[(r - 1) - log r] with r = pi_new / pi_old over
+    actions drawn from pi_old: unbiased and never negative (Schulman 2020, "Approximating
+    KL Divergence", the estimator k3)."""
     log_ratio = new_log_probs - old_log_probs
     return (torch.exp(log_ratio) - 1.0 - log_ratio).mean()
 
@@ -753,14 +808,187 @@ def explained_variance(values, returns):
 
 
 def normalize(advantages):
+    """Zero mean, unit std over one minibatch. Not in the paper: an implementation detail
+    of its code (OpenAI baselines) that keeps the step size independent of reward scale."""
     return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
 
 # ---------------------------------------------------------------------------------------
-# 8. Checkpoints
+# 8. The update and one PPO iteration
 # ---------------------------------------------------------------------------------------
 
-CHECKPOINT_FORMAT = 1
+LOSS_NAMES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+
+
+def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], config: Config) -> dict[str, float]:
+    """K epochs of shuffled minibatch steps on -L^{CLIP+VF+S} [PPO Algorithm 1]; returns
+    the means over all minibatch steps taken (not the last minibatch's values).
+
+    With --target-kl, the whole update ends (not just the epoch) at the first minibatch
+    whose policy has moved further than that from the one that collected the data.
+    """
+    batch_size = batch["advantages"].shape[0]
+    totals = {name: torch.zeros((), device=batch["advantages"].device) for name in LOSS_NAMES}
+    gradient_steps = 0
+    for _ in range(config.update_epochs):
+        order = torch.randperm(batch_size, device=batch["advantages"].device)
+        for indices in torch.tensor_split(order, config.num_minibatches):
+            new_log_probs, entropy, values = agent.evaluate(batch["observations"][indices], batch["actions"][indices])
+            old_log_probs = batch["log_probs"][indices]
+            kl = approx_kl(new_log_probs.detach(), old_log_probs)
+            if config.target_kl is not None and kl.item() > config.target_kl:
+                return mean_losses(totals, gradient_steps)  # early stop: the policy moved far enough
+            advantages = batch["advantages"][indices]
+            if config.normalize_advantages:
+                advantages = normalize(advantages)
+            policy_loss = clipped_surrogate_loss(new_log_probs, old_log_probs, advantages, config.clip_coef)
+            critic_loss = value_loss(values, batch["returns"][indices])
+            # With c2 = 0 the entropy is only a diagnostic: detached, backward skips its graph.
+            entropy = entropy.mean() if config.ent_coef > 0 else entropy.detach().mean()
+            loss = ppo_loss(policy_loss, critic_loss, entropy, config.vf_coef, config.ent_coef)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), config.max_grad_norm, foreach=True)
+            optimizer.step()
+            for name, value in zip(LOSS_NAMES, (policy_loss, critic_loss, entropy, kl,
+                                                clip_fraction(new_log_probs, old_log_probs, config.clip_coef))):
+                totals[name] += value.detach()
+            gradient_steps += 1
+    return mean_losses(totals, gradient_steps)
+
+
+def mean_losses(totals: dict[str, torch.Tensor], gradient_steps: int) -> dict[str, float]:
+    return {name: total.item() / max(gradient_steps, 1) for name, total in totals.items()}
+
+
+def make_optimizer(agent: ActorCritic, config: Config) -> torch.optim.Adam:
+    """Adam on all weights of actor, critic and encoder. eps = 1e-5 rather than torch's
+    1e-8, as in the PPO paper's code: it bounds the step of a weight whose gradient has
+    been near zero. The fused kernel updates every tensor in one call (CPU and CUDA)."""
+    return torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
+
+
+def annealed_learning_rate(config: Config, iteration: int) -> float:
+    """alpha, decayed linearly to 0 over the run as in the PPO paper's Atari and MuJoCo
+    settings. The clip range epsilon is not annealed (the paper's Atari setting anneals it
+    too; it made no measurable difference on the presets here)."""
+    return config.learning_rate * (1.0 - iteration / config.num_iterations if config.anneal_lr else 1.0)
+
+
+@dataclass
+class Training:
+    """Everything a run holds: environments, the networks, their optimizer, the rollout
+    buffer and the runner that fills it."""
+
+    envs: gym.vector.VectorEnv
+    agent: ActorCritic
+    optimizer: torch.optim.Adam
+    buffer: PPOBuffer
+    runner: Runner
+
+
+def build_training(config: Config, device: torch.device) -> Training:
+    torch.manual_seed(config.seed)  # the network initialization and every sample drawn after it
+    envs = make_environments(config, config.num_envs)
+    agent = build_actor_critic(envs.single_observation_space, envs.single_action_space, config).to(device)
+    buffer = PPOBuffer(config.num_steps, config.num_envs, envs.single_observation_space, envs.single_action_space, device)
+    return Training(envs, agent, make_optimizer(agent, config), buffer, Runner(envs, config, device))
+
+
+def ppo_iteration(training: Training, config: Config, learning_rate: float) -> dict[str, float]:
+    """One PPO iteration: collect N * T steps with the current policy, compute GAE
+    advantages and returns, then update for K epochs. Returns the environment steps taken
+    and the iteration's diagnostics."""
+    for group in training.optimizer.param_groups:
+        group["lr"] = learning_rate
+    environment_steps, last_values = training.runner.collect(training.agent, training.buffer)
+    advantages, returns = training.buffer.advantages_and_returns(last_values, config.gamma, config.gae_lambda)
+    batch = training.buffer.flatten_valid(advantages, returns)
+    losses = update(training.agent, training.optimizer, batch, config)
+    return {"environment_steps": environment_steps, **losses,
+            "explained_variance": explained_variance(batch["values"], batch["returns"])}
+
+# That is all of PPO: `ppo_iteration` called num_iterations times, with the learning rate
+# from `annealed_learning_rate`. Part II adds what a tool needs around that loop.
+
+
+# =======================================================================================
+# PART II. RUNNING IT AS A TOOL
+# =======================================================================================
+
+# ---------------------------------------------------------------------------------------
+# 9. Checkpoints and saved environment state
+# ---------------------------------------------------------------------------------------
+
+# Vector environments whose whole state is numpy arrays plus one random generator.
+SAVABLE_ENVIRONMENTS = (CartPoleVectorEnv,)
+
+
+def environment_state(envs: gym.vector.VectorEnv) -> typing.Optional[dict]:
+    """The complete state of a numpy-vectorized environment, so a resumed run continues
+    the very same episodes; None for the others (Atari's state lives in C++)."""
+    unwrapped = envs.unwrapped
+    if not isinstance(unwrapped, SAVABLE_ENVIRONMENTS):
+        return None
+    arrays = {name: torch.from_numpy(value.copy()) for name, value in vars(unwrapped).items() if isinstance(value, np.ndarray)}
+    return {"arrays": arrays, "rng": unwrapped.np_random.bit_generator.state}
+
+
+def restore_environment_state(envs: gym.vector.VectorEnv, state: dict) -> None:
+    unwrapped = envs.unwrapped
+    for name, value in state["arrays"].items():
+        setattr(unwrapped, name, value.numpy().copy())
+    unwrapped.np_random.bit_generator.state = state["rng"]
+
+
+def statistics_state(statistics: RunningMeanStd) -> dict:
+    return {"mean": torch.tensor(statistics.mean), "var": torch.tensor(statistics.var), "count": statistics.count}
+
+
+def load_statistics(statistics: RunningMeanStd, state: dict) -> None:
+    statistics.mean, statistics.var, statistics.count = state["mean"].numpy().copy(), state["var"].numpy().copy(), state["count"]
+
+
+def runner_state(runner: Runner) -> dict:
+    """What a resumed Runner needs: normalizers, recent returns and, where the environment
+    can be saved, the episodes in progress."""
+    scaler = runner.reward_scaler
+    return {
+        "environment": environment_state(runner.envs),
+        "raw_observations": torch.from_numpy(np.array(runner.raw_observations)),
+        "episode_returns": torch.from_numpy(runner.episode_returns.copy()),
+        "autoreset": torch.from_numpy(runner.autoreset.copy()),
+        "recent_returns": list(runner.recent_returns),
+        "observation_normalizer": statistics_state(runner.observation_normalizer.statistics) if runner.observation_normalizer else None,
+        "reward_scaler": {"statistics": statistics_state(scaler.statistics),
+                          "discounted_returns": torch.from_numpy(scaler.discounted_returns.copy())} if scaler else None,
+    }
+
+
+def restore_runner(runner: Runner, state: dict, reset_seed: int) -> None:
+    if runner.observation_normalizer:
+        load_statistics(runner.observation_normalizer.statistics, state["observation_normalizer"])
+    if runner.reward_scaler:
+        load_statistics(runner.reward_scaler.statistics, state["reward_scaler"]["statistics"])
+        runner.reward_scaler.discounted_returns = state["reward_scaler"]["discounted_returns"].numpy().copy()
+    runner.recent_returns.extend(state["recent_returns"])
+    if state["environment"] is not None and environment_state(runner.envs) is not None:
+        restore_environment_state(runner.envs, state["environment"])
+        runner.raw_observations = state["raw_observations"].numpy().copy()
+        runner.episode_returns = state["episode_returns"].numpy().copy()
+        runner.autoreset = state["autoreset"].numpy().copy()
+    else:
+        print("note: this environment's state cannot be saved; resumed episodes start from a fresh reset")
+        runner.raw_observations, _ = runner.envs.reset(seed=reset_seed)
+        runner.episode_returns[:], runner.autoreset[:] = 0.0, False
+        if runner.reward_scaler:
+            runner.reward_scaler.discounted_returns[:] = 0.0
+    # Not counted in the statistics: the saved observation already was, and a fresh
+    # reset observation is left out so that a resume does not change them.
+    runner.observations = runner.network_input(runner.raw_observations, update_statistics=False)
+
+
+CHECKPOINT_FORMAT = 2  # 2: the optimizer state is torch.optim.Adam's
 # Fields that decide the shapes of the networks and of the saved state: a checkpoint is
 # only resumable if they agree.
 FIXED_ON_RESUME = ("env", "hidden_sizes", "activation", "cnn", "normalize_observations",
@@ -769,10 +997,20 @@ FIXED_ON_RESUME = ("env", "hidden_sizes", "activation", "cnn", "normalize_observ
 
 def as_flag(name: str, value) -> str:
     """The command-line flag that sets a Config field to value."""
-    flag = "--" + name.replace("_", "-")
     if isinstance(value, bool):
-        return flag if value else "--no-" + flag[2:]
-    return f"{flag} {' '.join(map(str, value)) if isinstance(value, tuple) else value}"
+        return flag_name(name) if value else "--no-" + flag_name(name)[2:]
+    return f"{flag_name(name)} {' '.join(map(str, value)) if isinstance(value, tuple) else value}"
+
+
+def checkpoint_state(training: Training, config: Config, completed_iterations: int, global_step: int, device: torch.device) -> dict:
+    """A dict of state dicts and plain values: loadable with weights_only, never a pickled module."""
+    return {
+        "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "env_id": config.env_id,
+        "model": training.agent.state_dict(), "optimizer": training.optimizer.state_dict(),
+        "runner": runner_state(training.runner), "iteration": completed_iterations, "global_step": global_step,
+        "rng": {"torch": torch.get_rng_state(),  # on a GPU, sampling draws from its own generator
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+    }
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -784,7 +1022,8 @@ def save_checkpoint(path: str, state: dict) -> None:
 
 def config_from_dict(values: dict) -> Config:
     values = dict(values)
-    values["hidden_sizes"] = tuple(values["hidden_sizes"])
+    if isinstance(values.get("hidden_sizes"), list):
+        values["hidden_sizes"] = tuple(values["hidden_sizes"])
     return Config(**values)
 
 
@@ -803,6 +1042,8 @@ def load_checkpoint(path: str) -> dict:
         checkpoint["config"] = config_from_dict(checkpoint["config"])
     except (KeyError, TypeError) as error:
         raise UserError(f"{path} holds a config this ppo.py does not know ({error}); use a checkpoint written by this version") from None
+    except UserError as error:
+        raise UserError(f"{path} holds an invalid config: {error}") from None
     return checkpoint
 
 
@@ -824,49 +1065,25 @@ def load_model_state(agent: nn.Module, state: dict, path: str) -> None:
                         "use the flags it was trained with, or start a new run") from None
 
 
+def restore_training(training: Training, checkpoint: dict, path: str, config: Config, device: torch.device) -> tuple[int, int]:
+    """Load networks, optimizer, runner and random state; return (iteration, global step)."""
+    load_model_state(training.agent, checkpoint["model"], path)
+    training.optimizer.load_state_dict(checkpoint["optimizer"])
+    global_step = checkpoint["global_step"]
+    restore_runner(training.runner, checkpoint["runner"], reset_seed=config.seed + global_step)
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
+    return checkpoint["iteration"], global_step
+
+
 # ---------------------------------------------------------------------------------------
-# 9. Training
+# 10. The run folder, the metrics log and signals
 # ---------------------------------------------------------------------------------------
 
 
 class TrainingDiverged(Exception):
-    """A loss or parameter became NaN or infinite."""
-
-
-def check_config(config: Config) -> None:
-    """Raise UserError for a hyperparameter that cannot work."""
-    for name in ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs",
-                 "return_window", "save_every", "frame_skip"):
-        if getattr(config, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(config, name)}")
-    if config.batch_size % config.num_minibatches or config.batch_size // config.num_minibatches < 8:
-        raise UserError(f"the batch of num_envs * num_steps = {config.batch_size} steps does not split into "
-                        f"{config.num_minibatches} minibatches of at least 8 steps; choose fewer --num-minibatches "
-                        f"(a divisor of {config.batch_size}) or more --num-envs or --num-steps")
-    if not 0 <= config.seed < 2**32:
-        raise UserError(f"--seed must be in [0, 2**32), got {config.seed}")
-    if config.total_steps < config.batch_size:
-        raise UserError(f"--total-steps {config.total_steps} is less than one batch ({config.batch_size} steps); raise it")
-    for name in ("gamma", "gae_lambda"):
-        if not 0 < getattr(config, name) <= 1:
-            raise UserError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(config, name)}")
-    if not 0 < config.clip_coef < 1:
-        raise UserError(f"--clip-coef must be in (0, 1), got {config.clip_coef}")
-    if not 0 <= config.repeat_action_probability < 1:
-        raise UserError(f"--repeat-action-probability must be in [0, 1), got {config.repeat_action_probability}")
-    for name in ("learning_rate", "vf_coef", "max_grad_norm", "observation_clip"):
-        if not getattr(config, name) > 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
-    if not config.ent_coef >= 0:
-        raise UserError(f"--ent-coef must be zero or positive, got {config.ent_coef}")
-    if config.target_kl is not None and not config.target_kl > 0:
-        raise UserError(f"--target-kl must be positive (or none), got {config.target_kl}")
-    if not config.hidden_sizes or min(config.hidden_sizes) <= 0:
-        raise UserError(f"--hidden-sizes must be one or more positive widths, got {config.hidden_sizes}")
-    if config.activation not in ACTIVATIONS:
-        raise UserError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {config.activation!r}")
-    if config.cnn not in CNN_LAYERS:
-        raise UserError(f"--cnn must be one of {', '.join(CNN_LAYERS)}, got {config.cnn!r}")
+    """A loss or weight became NaN or infinite."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -888,9 +1105,8 @@ def default_run_dir(config: Config) -> str:
     return os.path.join("runs", f"{name}-{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-METRIC_COLUMNS = ("iteration", "global_step", "wall_seconds", "mean_return", "episodes", "policy_loss",
-                  "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance",
-                  "steps_per_second", "learning_rate")
+METRIC_COLUMNS = ("iteration", "global_step", "wall_seconds", "mean_return", "episodes", *LOSS_NAMES,
+                  "explained_variance", "steps_per_second", "learning_rate")
 
 
 class MetricsLog:
@@ -925,110 +1141,42 @@ class MetricsLog:
             self.tensorboard.close()
 
 
-class InterruptFlag:
-    """The first Ctrl-C asks the loop to save and stop after this iteration; the second
-    stops at once (the last periodic checkpoint stays)."""
+# Ctrl-C (SIGINT), `kill`, `timeout` and schedulers (SIGTERM), and a closed terminal (SIGHUP).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class StopSignals:
+    """The first stop signal asks the loop to save and stop after this iteration; a
+    second stops at once (the last periodic checkpoint stays). `received` holds the first
+    signal's number, so that the process can exit with 128 + that number."""
 
     def __init__(self):
-        self.raised = False
+        self.received: typing.Optional[int] = None
 
     def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self.handle)
+        self.previous = {number: signal.signal(number, self.handle) for number in STOP_SIGNALS}
         return self
 
-    def handle(self, signum, frame):
-        if self.raised:
+    def handle(self, number, frame):
+        if self.received is not None:
             raise KeyboardInterrupt
-        self.raised = True
-        print("\ninterrupted: finishing this iteration, then saving a checkpoint (Ctrl-C again to quit without saving)", flush=True)
+        self.received = number
+        print(f"\n{signal.Signals(number).name}: finishing this iteration, then saving a checkpoint "
+              "(send it again to quit without saving)", flush=True)
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
 
-class Adam:
-    """Adam (Kingma & Ba 2015, Algorithm 1), written out. It computes what torch.optim.Adam
-    computes; it is here because building a torch.optim optimizer imports torch._dynamo,
-    about 1 second, a fifth of a whole CartPole run. Per parameter tensor, with gradient g:
-        m <- beta1 m + (1 - beta1) g          first moment
-        v <- beta2 v + (1 - beta2) g^2        second moment
-        theta <- theta - alpha / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)
-    The foreach calls apply one formula to all tensors at once (one call, not one per tensor).
-    """
-
-    def __init__(self, parameters: list[torch.Tensor], learning_rate: float, betas=(0.9, 0.999), eps: float = 1e-5):
-        self.parameters, self.learning_rate, self.betas, self.eps = parameters, learning_rate, betas, eps
-        self.steps = 0
-        self.first_moments = [torch.zeros_like(p) for p in parameters]
-        self.second_moments = [torch.zeros_like(p) for p in parameters]
-
-    def zero_grad(self) -> None:
-        for parameter in self.parameters:
-            parameter.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.steps += 1
-        beta1, beta2 = self.betas
-        gradients = [p.grad for p in self.parameters]
-        torch._foreach_lerp_(self.first_moments, gradients, 1 - beta1)
-        torch._foreach_mul_(self.second_moments, beta2)
-        torch._foreach_addcmul_(self.second_moments, gradients, gradients, 1 - beta2)
-        denominators = torch._foreach_sqrt(self.second_moments)
-        torch._foreach_div_(denominators, math.sqrt(1 - beta2**self.steps))
-        torch._foreach_add_(denominators, self.eps)
-        step_size = self.learning_rate / (1 - beta1**self.steps)
-        torch._foreach_addcdiv_(self.parameters, self.first_moments, denominators, -step_size)
-
-    def state_dict(self) -> dict:
-        return {"steps": self.steps, "first_moments": self.first_moments, "second_moments": self.second_moments}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.steps = state["steps"]
-        for mine, saved in zip(self.first_moments + self.second_moments, state["first_moments"] + state["second_moments"]):
-            mine.copy_(saved)
+def all_finite(agent: nn.Module, diagnostics: dict) -> bool:
+    losses_finite = all(math.isfinite(diagnostics[name]) for name in ("policy_loss", "value_loss", "entropy"))
+    return losses_finite and all(bool(torch.isfinite(weight).all()) for weight in agent.parameters())
 
 
-def update(agent, optimizer, parameters, batch, config: Config) -> dict[str, float]:
-    """K epochs of shuffled minibatch steps on -L^{CLIP+VF+S}; returns the means over all
-    minibatch steps taken (not the last minibatch's values)."""
-    batch_size = batch["advantages"].shape[0]
-    totals = torch.zeros(5, device=batch["advantages"].device)  # policy, value, entropy, kl, clip
-    steps = 0
-    for _ in range(config.update_epochs):
-        order = torch.randperm(batch_size, device=batch["advantages"].device)
-        for indices in torch.tensor_split(order, config.num_minibatches):
-            new_log_probs, entropy, values = agent.evaluate(batch["observations"][indices], batch["actions"][indices])
-            old_log_probs = batch["log_probs"][indices]
-            kl = approx_kl(new_log_probs.detach(), old_log_probs)
-            if config.target_kl is not None and kl.item() > config.target_kl:
-                return mean_losses(totals, steps)  # early stop: the policy moved far enough
-            advantages = batch["advantages"][indices]
-            if config.normalize_advantages:
-                advantages = normalize(advantages)
-            policy_loss = clipped_surrogate_loss(new_log_probs, old_log_probs, advantages, config.clip_coef)
-            critic_loss = value_loss(values, batch["returns"][indices])
-            # With c2 = 0 the entropy is only a diagnostic: detached, backward skips its graph.
-            entropy = entropy.mean() if config.ent_coef > 0 else entropy.detach().mean()
-            loss = ppo_loss(policy_loss, critic_loss, entropy, config.vf_coef, config.ent_coef)
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(parameters, config.max_grad_norm, foreach=True)
-            optimizer.step()
-            totals += torch.stack((policy_loss.detach(), critic_loss.detach(), entropy.detach(), kl,
-                                   clip_fraction(new_log_probs.detach(), old_log_probs, config.clip_coef)))
-            steps += 1
-    return mean_losses(totals, steps)
-
-
-def mean_losses(totals: torch.Tensor, steps: int) -> dict[str, float]:
-    means = (totals / max(steps, 1)).tolist()
-    return dict(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), means))
-
-
-def all_finite(agent: nn.Module, metrics: dict) -> bool:
-    losses_finite = all(math.isfinite(metrics[name]) for name in ("policy_loss", "value_loss", "entropy"))
-    return losses_finite and all(bool(torch.isfinite(p).all()) for p in agent.parameters())
+# ---------------------------------------------------------------------------------------
+# 11. Training: ppo(config)
+# ---------------------------------------------------------------------------------------
 
 
 def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
@@ -1038,14 +1186,13 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
     continues from it (networks, optimizer, normalizers, random state and, where the
     environment allows, the episodes in progress) up to config.total_steps.
     """
-    check_config(config)
     device = resolve_device(config.device)
     checkpoint = load_checkpoint(resume) if resume else None
     if checkpoint:
         check_compatible(checkpoint["config"], config, resume)
     if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
-    run_dir = config.run_dir or (os.path.dirname(resume) if resume else default_run_dir(config))
+    run_dir = config.run_dir or ((os.path.dirname(resume) or ".") if resume else default_run_dir(config))
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     if not resume and os.path.exists(checkpoint_path):
         raise UserError(f"{run_dir} already holds a run; continue it with --resume {checkpoint_path}, or choose another --run-dir")
@@ -1056,68 +1203,34 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
     if config.torch_threads > 0:
         torch.set_num_threads(config.torch_threads)
 
-    torch.manual_seed(config.seed)
-    envs = make_environments(config, config.num_envs)
-    agent = build_actor_critic(envs.single_observation_space, envs.single_action_space, config).to(device)
-    parameters = list(agent.parameters())
-    optimizer = Adam(parameters, config.learning_rate)
-    buffer = PPOBuffer(config.num_steps, config.num_envs, envs.single_observation_space, envs.single_action_space, device)
-    runner = Runner(envs, config, device)
-    start_iteration, global_step = 0, 0
-    if checkpoint:
-        load_model_state(agent, checkpoint["model"], resume)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start_iteration, global_step = checkpoint["iteration"], checkpoint["global_step"]
-        runner.load_state_dict(checkpoint["runner"], reset_seed=config.seed + global_step)
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
-
+    training = build_training(config, device)
+    start_iteration, global_step = restore_training(training, checkpoint, resume, config, device) if checkpoint else (0, 0)
     with open(os.path.join(run_dir, "config.json"), "w") as file:
         json.dump(dataclasses.asdict(config), file, indent=2)
     log = MetricsLog(run_dir, config.tensorboard, append=bool(resume))
 
-    def save(completed_iterations: int) -> None:
-        save_checkpoint(checkpoint_path, {
-            "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "env_id": config.env_id,
-            "model": agent.state_dict(), "optimizer": optimizer.state_dict(), "runner": runner.state_dict(),
-            "iteration": completed_iterations, "global_step": global_step,
-            "rng": {"torch": torch.get_rng_state(),  # on a GPU, sampling draws from its own generator
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-        })
-
     metrics: dict = {"global_step": global_step, "mean_return": float("nan")}
-    status, completed = "finished", start_iteration
+    status, completed, stop_signal = "finished", start_iteration, None
     start_time, start_step = time.time(), global_step
     try:
-        with InterruptFlag() as interrupt:
+        with StopSignals() as stop:
             for iteration in range(start_iteration, config.num_iterations):
-                learning_rate = config.learning_rate * (1.0 - iteration / config.num_iterations if config.anneal_lr else 1.0)
-                optimizer.learning_rate = learning_rate
-
-                # Phase 1: T steps in each of the N environments with the current policy.
-                steps, last_values = runner.collect(agent, buffer)
-                global_step += steps
-
-                # Phase 2: advantages, then K epochs of minibatch updates.
-                advantages, returns = buffer.advantages_and_returns(last_values, config.gamma, config.gae_lambda)
-                batch = buffer.flatten_valid(advantages, returns)
-                losses = update(agent, optimizer, parameters, batch, config)
-                if not all_finite(agent, losses):
+                learning_rate = annealed_learning_rate(config, iteration)
+                diagnostics = ppo_iteration(training, config, learning_rate)
+                global_step += diagnostics.pop("environment_steps")
+                if not all_finite(training.agent, diagnostics):
                     advice = "lower --learning-rate or --max-grad-norm"
                     kept = (f"the last good checkpoint, {checkpoint_path}, is kept: resume from it with a {advice}"
                             if os.path.exists(checkpoint_path) else f"no checkpoint had been written yet; start again with a {advice}")
-                    raise TrainingDiverged(f"iteration {iteration + 1}: a loss or parameter became NaN or infinite; {kept}")
+                    raise TrainingDiverged(f"iteration {iteration + 1}: a loss or weight became NaN or infinite; {kept}")
                 completed = iteration + 1
 
                 now = time.time()
-                recent = runner.recent_returns
+                recent = training.runner.recent_returns
                 mean_return = float(np.mean(recent)) if recent else float("nan")
                 metrics = {
                     "iteration": completed, "global_step": global_step, "wall_seconds": round(now - start_time, 3),
-                    "mean_return": mean_return, "episodes": len(recent),
-                    **{name: losses[name] for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")},
-                    "explained_variance": explained_variance(batch["values"], batch["returns"]),
+                    "mean_return": mean_return, "episodes": len(recent), **diagnostics,
                     "steps_per_second": (global_step - start_step) / max(now - start_time, 1e-9),
                     "learning_rate": learning_rate,
                 }
@@ -1127,22 +1240,23 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
                 if solved:
                     status = "solved"
                     print(f"solved: mean return {mean_return:.1f} >= {config.target_return} over the last {config.return_window} episodes")
-                if interrupt.raised:
-                    status = "interrupted"
-                if solved or interrupt.raised:
+                if stop.received is not None:
+                    status, stop_signal = "interrupted", stop.received
+                if solved or stop.received is not None:
                     break
                 if completed % config.save_every == 0:
-                    save(completed)
-        save(completed)  # never reached after a NaN: the last good checkpoint stays
+                    save_checkpoint(checkpoint_path, checkpoint_state(training, config, completed, global_step, device))
+        # Never reached after a NaN: the last good checkpoint stays.
+        save_checkpoint(checkpoint_path, checkpoint_state(training, config, completed, global_step, device))
     finally:
         log.close()
-        envs.close()
+        training.envs.close()
     print(f"{status}: checkpoint saved to {checkpoint_path}")
-    return {**metrics, "status": status, "checkpoint": checkpoint_path, "run_dir": run_dir}
+    return {**metrics, "status": status, "signal": stop_signal, "checkpoint": checkpoint_path, "run_dir": run_dir}
 
 
 # ---------------------------------------------------------------------------------------
-# 10. Evaluation
+# 12. Evaluation
 # ---------------------------------------------------------------------------------------
 
 
@@ -1170,13 +1284,13 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu")
     normalizer = None
     if config.normalize_observations:
         normalizer = ObservationNormalizer(envs.single_observation_space.shape, config.observation_clip)
-        normalizer.statistics.load_state_dict(checkpoint["runner"]["observation_normalizer"])
+        load_statistics(normalizer.statistics, checkpoint["runner"]["observation_normalizer"])
     continuous = isinstance(envs.single_action_space, gym.spaces.Box)
     returns: list[float] = []
     raw, _ = envs.reset(seed=config.seed + 10_000)
     episode_return = 0.0
     while len(returns) < episodes:
-        observations = normalizer(raw, update=False) if normalizer else raw
+        observations = normalizer(raw, update_statistics=False) if normalizer else raw
         with torch.inference_mode():
             actions = agent.deterministic_action(observation_tensor(observations, torch_device)).cpu().numpy()
         if continuous:
@@ -1192,35 +1306,69 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu")
 
 
 # ---------------------------------------------------------------------------------------
-# 11. Command line
+# 13. Command line
 # ---------------------------------------------------------------------------------------
+
+# Every Config field once, by family, in the order --help and README.md list them.
+FLAG_FAMILIES = {
+    "what and where": ("env", "seed", "device", "run_dir", "torch_threads", "env_threads"),
+    "how much data": ("total_steps", "num_envs", "num_steps"),
+    "the update": ("update_epochs", "num_minibatches", "learning_rate", "anneal_lr", "max_grad_norm", "target_kl"),
+    "the objective": ("clip_coef", "ent_coef", "vf_coef", "gamma", "gae_lambda", "normalize_advantages"),
+    "networks": ("hidden_sizes", "activation", "cnn", "log_std_init"),
+    "continuous control": ("normalize_observations", "observation_clip", "scale_rewards"),
+    "Atari": ("clip_rewards", "frame_skip", "repeat_action_probability"),
+    "stopping and logging": ("target_return", "return_window", "save_every", "tensorboard"),
+}
 
 
 def optional_float(text: str) -> typing.Optional[float]:
     return None if text.lower() == "none" else float(text)
 
 
+def shown(value) -> str:
+    """A value as it would be typed on the command line."""
+    if value is None:
+        return "none"
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets one line (and exit status 2), not the whole usage."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message}; see python ppo.py --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per Config field, named in full words, with the field's documentation."""
-    parser = argparse.ArgumentParser(
+    """One flag per Config field, named in full words, grouped by family, with the field's
+    documentation, its default, and the value each preset sets where one does."""
+    parser = OneLineParser(
         description="Train, resume or evaluate PPO. Flags left out take the preset's value "
                     "(CartPole, Pendulum, Pong) or the generic default shown.",
         argument_default=argparse.SUPPRESS)
     hints = typing.get_type_hints(Config)
-    for item in dataclasses.fields(Config):
-        flag, kind = "--" + item.name.replace("_", "-"), hints[item.name]
-        options: dict = {"help": f"{item.metadata['help']} (default: {item.default})"}
-        if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        elif kind == typing.Tuple[int, ...]:
-            options.update(type=int, nargs="+", metavar="WIDTH")
-        elif kind == typing.Optional[float]:
-            options["type"] = optional_float
-        elif kind == typing.Optional[str]:
-            options["type"] = str
-        else:
-            options["type"] = kind
-        parser.add_argument(flag, **options)
+    defaults = {item.name: item for item in dataclasses.fields(Config)}
+    for family, names in FLAG_FAMILIES.items():
+        group = parser.add_argument_group(family)
+        for name in names:
+            item, kind = defaults[name], hints[name]
+            presets = [f"{preset} {shown(settings[name])}" for preset, (_, settings) in PRESETS.items() if name in settings]
+            preset_note = f"; presets: {', '.join(presets)}" if presets else ""
+            options: dict = {"help": f"{item.metadata['help']} (default: {shown(item.default)}{preset_note})"}
+            if kind is bool:
+                options["action"] = argparse.BooleanOptionalAction
+            elif kind == typing.Tuple[int, ...]:
+                options.update(type=int, nargs="+", metavar="WIDTH")
+            elif kind == typing.Optional[float]:
+                options["type"] = optional_float
+            elif kind == typing.Optional[str]:
+                options["type"] = str
+            elif typing.get_origin(kind) is typing.Literal:
+                options["choices"] = typing.get_args(kind)
+            else:
+                options["type"] = kind
+            group.add_argument(flag_name(name), **options)
     actions = parser.add_argument_group("other actions")
     actions.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
     actions.add_argument("--eval", metavar="PATH", help="print the mean and std of the return of a checkpoint's deterministic policy")
@@ -1246,11 +1394,9 @@ def make_config(env: str = "CartPole", **overrides) -> Config:
             check_spaces(probe.observation_space, probe.action_space)
             defaults = CONTINUOUS_DEFAULTS if isinstance(probe.action_space, gym.spaces.Box) else {}
     try:
-        config = Config(env=env, **{**defaults, **overrides})
+        return Config(env=env, **{**defaults, **overrides})
     except TypeError as error:
         raise UserError(f"unknown setting: {error}") from None
-    check_config(config)
-    return config
 
 
 def main(argv: typing.Optional[list[str]] = None) -> int:
@@ -1260,15 +1406,20 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
     if "hidden_sizes" in arguments:
         arguments["hidden_sizes"] = tuple(arguments["hidden_sizes"])
     try:
+        if sum(path is not None for path in (resume, eval_path, watch_path)) > 1:
+            raise UserError("--resume, --eval and --watch each do a different thing; give one of them")
         if eval_path or watch_path:
-            mean, std = evaluate(eval_path or watch_path, episodes, watch=bool(watch_path), device=arguments.get("device", "cpu"))
+            try:
+                mean, std = evaluate(eval_path or watch_path, episodes, watch=bool(watch_path), device=arguments.get("device", "cpu"))
+            except KeyboardInterrupt:
+                print("evaluation stopped", file=sys.stderr)
+                return 130
             print(f"return over {episodes} episodes: {mean:.2f} +/- {std:.2f}")
             return 0
         if resume:
             saved = load_checkpoint(resume)["config"]
             # The run continues beside its checkpoint (wherever it was moved), unless --run-dir says otherwise.
             config = dataclasses.replace(saved, **{"run_dir": None, **arguments})
-            check_config(config)
         else:
             config = make_config(**arguments)
         metrics = ppo(config, resume=resume)
@@ -1278,7 +1429,7 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("stopped without saving; the last periodic checkpoint is kept", file=sys.stderr)
         return 130
-    return 130 if metrics["status"] == "interrupted" else 0
+    return 128 + metrics["signal"] if metrics["status"] == "interrupted" else 0
 
 
 if __name__ == "__main__":

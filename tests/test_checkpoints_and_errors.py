@@ -2,6 +2,7 @@
 import dataclasses
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,10 +38,11 @@ def assert_same_learning_state(first_path, second_path):
     second_model, second_optimizer = learning_state(second_path)
     for name in first_model:
         assert torch.equal(first_model[name], second_model[name]), name
-    assert first_optimizer["steps"] == second_optimizer["steps"]
-    for key in ("first_moments", "second_moments"):
-        for first, second in zip(first_optimizer[key], second_optimizer[key]):
-            assert torch.equal(first, second)
+    assert first_optimizer["param_groups"] == second_optimizer["param_groups"]
+    assert first_optimizer["state"].keys() == second_optimizer["state"].keys()
+    for index, first in first_optimizer["state"].items():
+        for key in ("step", "exp_avg", "exp_avg_sq"):  # Adam's step count and both moments
+            assert torch.equal(first[key], second_optimizer["state"][index][key]), (index, key)
 
 
 def test_checkpoint_is_a_dict_of_state_dicts_loadable_with_weights_only(tmp_path):
@@ -83,7 +85,9 @@ def test_a_finished_run_extended_by_resume_equals_a_longer_run(tmp_path):
     assert_same_learning_state(longer["checkpoint"], extended["checkpoint"])
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_saves_a_checkpoint_and_exits_128_plus_its_number(tmp_path, stop_signal):
+    """Ctrl-C (SIGINT), kill and timeout (SIGTERM), a closed terminal (SIGHUP)."""
     command = [sys.executable, "ppo.py", "--env", "CartPole", "--total-steps", "100000000",
                "--target-return", "none", "--save-every", "1000000", "--run-dir", str(tmp_path)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -93,9 +97,9 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
         if metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 4:
             break
         time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop_signal)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
+    assert process.returncode == 128 + stop_signal, stderr
     checkpoint_path = str(tmp_path / "checkpoint.pt")
     assert f"interrupted: checkpoint saved to {checkpoint_path}" in stdout
     checkpoint = torch.load(checkpoint_path, weights_only=True)
@@ -174,6 +178,18 @@ BAD_INPUTS = [
     (["--seed", "-1"], "--seed must be in [0, 2**32)"),
     (["--num-envs", "1", "--num-steps", "4", "--num-minibatches", "4"], "minibatches of at least 8 steps"),
     (["--env", "Blackjack-v1"], "are not supported; ppo.py takes 1-D Box vectors"),
+    (["--learning-rate", "inf"], "--learning-rate must be a finite number, got inf"),
+    (["--vf-coef", "inf"], "--vf-coef must be a finite number, got inf"),
+    (["--ent-coef", "nan"], "--ent-coef must be a finite number, got nan"),
+    (["--log-std-init", "nan"], "--log-std-init must be a finite number, got nan"),
+    (["--log-std-init", "1e10"], "--log-std-init must be in [-10, 2]"),
+    (["--target-kl", "inf"], "--target-kl must be a finite number or none, got inf"),
+    (["--torch-threads", "-1"], "--torch-threads must be 0 (the default) or a positive count"),
+    (["--num-envs", "four"], "argument --num-envs: invalid int value: 'four'; see python ppo.py --help"),
+    (["--activation", "gelu"], "argument --activation: invalid choice: 'gelu'"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--env", "PongNoFrameskip-v4"], "use --env ALE/Pong-v5"),
+    (["--eval", "a.pt", "--resume", "b.pt"], "--resume, --eval and --watch each do a different thing"),
     (["--resume", "/no/such/checkpoint.pt"], "no checkpoint at /no/such/checkpoint.pt"),
     (["--eval", "/no/such/checkpoint.pt"], "no checkpoint at /no/such/checkpoint.pt"),
 ]
@@ -182,7 +198,11 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("arguments, message", BAD_INPUTS)
 def test_bad_input_is_one_clear_line_and_exit_2_and_writes_nothing(tmp_path, capsys, arguments, message):
     run_dir = tmp_path / "run"
-    assert ppo.main(arguments + ["--run-dir", str(run_dir)]) == 2
+    try:
+        status = ppo.main(arguments + ["--run-dir", str(run_dir)])
+    except SystemExit as exit:  # argparse's own errors leave through sys.exit
+        status = exit.code
+    assert status == 2
     error = capsys.readouterr().err
     assert message in error and error.startswith("error: ") and error.count("\n") == 1
     assert not run_dir.exists()
@@ -276,3 +296,41 @@ def test_float64_observations_reach_the_network_as_float32():
     observations = ppo.observation_tensor(np.zeros((2, 3), dtype=np.float64), torch.device("cpu"))
     frames = ppo.observation_tensor(np.zeros((2, 3, 4, 4), dtype=np.uint8), torch.device("cpu"))
     assert observations.dtype == torch.float32 and frames.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hidden_sizes", "64", "--hidden-sizes must be a list of integers, got '64'"),
+    ("seed", "one", "--seed must be an integer, got 'one'"),
+    ("env", 5, "--env must be a string, got 5"),
+    ("activation", "gelu", "--activation must be one of tanh, relu, got 'gelu'"),
+    ("learning_rate", float("inf"), "--learning-rate must be a finite number, got inf"),
+    ("num_envs", True, "--num-envs must be an integer, got True"),
+])
+def test_every_config_is_valid_once_made(field, value, message):
+    with pytest.raises(ppo.UserError, match=re.escape(message)):
+        ppo.Config(**{field: value})
+    with pytest.raises(ppo.UserError, match=re.escape(message)):
+        dataclasses.replace(ppo.make_config("CartPole"), **{field: value})
+
+
+def test_a_checkpoint_with_an_invalid_config_is_refused_in_one_line(tmp_path, capsys):
+    metrics = ppo.ppo(cartpole(tmp_path, total_steps=1024))
+    checkpoint = torch.load(metrics["checkpoint"], weights_only=True)
+    checkpoint["config"]["seed"] = "one"
+    torch.save(checkpoint, metrics["checkpoint"])
+    capsys.readouterr()
+    assert ppo.main(["--eval", metrics["checkpoint"]]) == 2
+    error = capsys.readouterr().err
+    assert "holds an invalid config: --seed must be an integer, got 'one'" in error and error.count("\n") == 1
+
+
+def test_help_groups_the_flags_by_family_and_shows_the_presets_values(capsys):
+    fields = [name for names in ppo.FLAG_FAMILIES.values() for name in names]
+    assert sorted(fields) == sorted(item.name for item in dataclasses.fields(ppo.Config))  # each field once
+    with pytest.raises(SystemExit):
+        ppo.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for family in ppo.FLAG_FAMILIES:
+        assert f"{family}:" in text
+    assert "(default: 4; presets: CartPole 32, Pendulum 4, Pong 16)" in text
+

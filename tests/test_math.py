@@ -1,5 +1,6 @@
 """Oracle tests of the math: each piece of ppo.py against a naive or library reference."""
 import copy
+import dataclasses
 import math
 
 import gymnasium as gym
@@ -214,17 +215,112 @@ def test_diagnostics():
     assert ppo.explained_variance(torch.full((3,), 2.0), returns) == pytest.approx(0.0)
 
 
-def test_adam_matches_torch_optim_adam():
-    torch.manual_seed(0)
-    network = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
-    twin = copy.deepcopy(network)
-    ours = ppo.Adam(list(network.parameters()), learning_rate=3e-3)
-    reference = torch.optim.Adam(twin.parameters(), lr=3e-3, eps=1e-5)
-    for _ in range(20):
-        inputs = torch.randn(16, 4)
-        for model, optimizer in ((network, ours), (twin, reference)):
+def small_agent_and_batch(seed=0, size=32):
+    """A CartPole-shaped actor-critic and a fixed batch of made-up transitions."""
+    torch.manual_seed(seed)
+    config = ppo.make_config("CartPole", hidden_sizes=(8,), update_epochs=3, num_minibatches=2,
+                             num_envs=4, num_steps=8, total_steps=32)
+    agent = ppo.build_actor_critic(gym.spaces.Box(-5, 5, (4,), np.float32), gym.spaces.Discrete(2), config)
+    observations = torch.randn(size, 4)
+    with torch.no_grad():
+        actions, log_probs, values = agent.act(observations)
+    batch = {"observations": observations, "actions": actions, "log_probs": log_probs, "values": values,
+             "advantages": torch.randn(size), "returns": values + torch.randn(size)}
+    return agent, batch, config
+
+
+def reference_update(agent, batch, config):
+    """PPO's update written the plain way: torch.distributions, per-sample terms, the
+    non-fused torch.optim.Adam, one minibatch order drawn exactly as ppo.update draws it."""
+    optimizer = torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5, foreach=False)
+    for _ in range(config.update_epochs):
+        order = torch.randperm(len(batch["advantages"]))
+        for indices in torch.tensor_split(order, config.num_minibatches):
+            logits = agent.actor.logits_net(batch["observations"][indices])
+            distribution = torch.distributions.Categorical(logits=logits)
+            ratio = torch.exp(distribution.log_prob(batch["actions"][indices]) - batch["log_probs"][indices])
+            advantages = batch["advantages"][indices]
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef) * advantages)
+            values = agent.critic.value_net(batch["observations"][indices]).squeeze(-1)
+            loss = (-surrogate.mean() + config.vf_coef * 0.5 * ((values - batch["returns"][indices]) ** 2).mean()
+                    - config.ent_coef * distribution.entropy().mean())
             optimizer.zero_grad()
-            model(inputs).pow(2).sum().backward()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), config.max_grad_norm)
             optimizer.step()
-    for mine, theirs in zip(network.parameters(), twin.parameters()):
-        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-7)
+
+
+def counting_optimizer(agent, config, steps):
+    """ppo's optimizer, with each of its steps appended to the list `steps`."""
+    optimizer = ppo.make_optimizer(agent, config)
+    original_step = optimizer.step
+    def counted_step(*arguments, **keywords):
+        steps.append(1)
+        return original_step(*arguments, **keywords)
+    optimizer.step = counted_step
+    return optimizer
+
+
+@pytest.mark.parametrize("ent_coef", [0.0, 0.01])
+def test_update_matches_a_plain_reference_on_a_fixed_batch(ent_coef):
+    agent, batch, config = small_agent_and_batch()
+    config = dataclasses.replace(config, ent_coef=ent_coef)
+    twin = copy.deepcopy(agent)
+    torch.manual_seed(7)
+    losses = ppo.update(agent, ppo.make_optimizer(agent, config), batch, config)
+    torch.manual_seed(7)
+    reference_update(twin, batch, config)
+    for (name, mine), theirs in zip(agent.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6, msg=name)
+    assert set(losses) == set(ppo.LOSS_NAMES) and losses["approx_kl"] > 0
+
+
+def test_update_reports_means_over_every_gradient_step():
+    agent, batch, config = small_agent_and_batch()
+    steps = []
+    optimizer = counting_optimizer(agent, config, steps)
+    value_losses = []
+    original_value_loss = ppo.value_loss
+    def recorded_value_loss(values, returns):
+        value_losses.append(original_value_loss(values, returns).item())
+        return original_value_loss(values, returns)
+    ppo.value_loss = recorded_value_loss
+    try:
+        losses = ppo.update(agent, optimizer, batch, config)
+    finally:
+        ppo.value_loss = original_value_loss
+    assert len(steps) == config.update_epochs * config.num_minibatches == len(value_losses)
+    assert losses["value_loss"] == pytest.approx(np.mean(value_losses), rel=1e-6)
+
+
+def test_target_kl_ends_the_whole_update_at_the_first_minibatch_past_it():
+    agent, batch, config = small_agent_and_batch()
+    before = copy.deepcopy(agent)
+    steps = []
+    optimizer = counting_optimizer(agent, config, steps)
+    # The first minibatch is evaluated before any step (KL 0) and taken; the second sees
+    # the moved policy, whose KL exceeds any tiny target: the update ends there, epochs left.
+    losses = ppo.update(agent, optimizer, batch, dataclasses.replace(config, target_kl=1e-12))
+    assert len(steps) == 1
+    assert losses["approx_kl"] == 0.0  # the mean over the one step taken, measured before it
+    assert not torch.equal(agent.critic.value_net[0].weight, before.critic.value_net[0].weight)
+    steps.clear()
+    ppo.update(before, counting_optimizer(before, config, steps), batch, dataclasses.replace(config, target_kl=1e6))
+    assert len(steps) == config.update_epochs * config.num_minibatches
+
+
+def test_the_optimizer_is_torch_adam_with_the_papers_epsilon():
+    agent, _, config = small_agent_and_batch()
+    optimizer = ppo.make_optimizer(agent, config)
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.param_groups[0]["eps"] == 1e-5 and optimizer.param_groups[0]["lr"] == config.learning_rate
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(agent.parameters()))
+
+
+def test_learning_rate_anneals_linearly_to_zero():
+    config = ppo.make_config("CartPole", total_steps=512 * 4)
+    assert [ppo.annealed_learning_rate(config, i) for i in range(4)] == pytest.approx(
+        [config.learning_rate * f for f in (1.0, 0.75, 0.5, 0.25)])
+    constant = dataclasses.replace(config, anneal_lr=False)
+    assert ppo.annealed_learning_rate(constant, 3) == config.learning_rate

@@ -123,9 +123,9 @@ def test_normalizers_round_trip_through_a_checkpoint_exactly(tmp_path):
     runner = ppo.Runner(envs, config, device)
     runner.collect(agent, buffer)
     path = str(tmp_path / "checkpoint.pt")
-    ppo.save_checkpoint(path, {"runner": runner.state_dict()})
+    ppo.save_checkpoint(path, {"runner": ppo.runner_state(runner)})
     restored = ppo.Runner(ppo.make_environments(config, config.num_envs), config, device)
-    restored.load_state_dict(torch.load(path, weights_only=True)["runner"], reset_seed=0)
+    ppo.restore_runner(restored, torch.load(path, weights_only=True)["runner"], reset_seed=0)
     for name in ("mean", "var"):
         assert np.array_equal(getattr(restored.observation_normalizer.statistics, name), getattr(runner.observation_normalizer.statistics, name))
         assert np.array_equal(getattr(restored.reward_scaler.statistics, name), getattr(runner.reward_scaler.statistics, name))
