@@ -334,3 +334,11 @@ def test_help_groups_the_flags_by_family_and_shows_the_presets_values(capsys):
         assert f"{family}:" in text
     assert "(default: 4; presets: CartPole 32, Pendulum 4, Pong 16)" in text
 
+
+
+def test_resume_from_inside_the_run_folder(tmp_path, monkeypatch):
+    ppo.ppo(cartpole(tmp_path, total_steps=1024))
+    monkeypatch.chdir(tmp_path)
+    assert ppo.main(["--resume", "checkpoint.pt", "--total-steps", "2048"]) == 0
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["iteration"] == 4
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "config.json", "metrics.csv"]
