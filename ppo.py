@@ -210,9 +210,11 @@ def type_name(hint) -> str:
 # Per-environment choices live here, never inside the generic code. A preset is a
 # gymnasium id plus the fields it changes from the Config defaults above.
 PRESETS: dict[str, tuple[str, dict]] = {
+    # Chosen on 20 seeds, checked on 20 more (README.md, "Results"): 4 minibatches and
+    # lambda 0.9 took the median from about 77,000 steps to solve to about 59,000.
     "CartPole": ("CartPole-v1", dict(
-        total_steps=150_000, num_envs=32, num_steps=16, num_minibatches=2, update_epochs=8,
-        learning_rate=2e-3, gamma=0.98, gae_lambda=0.8, ent_coef=0.0, activation="relu",
+        total_steps=150_000, num_envs=32, num_steps=16, num_minibatches=4, update_epochs=8,
+        learning_rate=2e-3, gamma=0.98, gae_lambda=0.9, ent_coef=0.0, activation="relu",
         torch_threads=1, target_return=475.0,
     )),
     "Pendulum": ("Pendulum-v1", dict(

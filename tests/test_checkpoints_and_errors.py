@@ -112,8 +112,8 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeyp
     def value_loss_that_breaks(values, returns):
         calls["count"] += 1
         loss = original(values, returns)
-        # Iterations have 2 * 8 = 16 minibatch steps: iteration 3 is where it breaks.
-        return loss * float("nan") if calls["count"] > 32 else loss
+        # Iterations have 4 * 8 = 32 minibatch steps: iteration 3 is where it breaks.
+        return loss * float("nan") if calls["count"] > 64 else loss
     monkeypatch.setattr(ppo, "value_loss", value_loss_that_breaks)
     with pytest.raises(ppo.TrainingDiverged) as error:
         ppo.ppo(cartpole(tmp_path))

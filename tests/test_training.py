@@ -12,13 +12,28 @@ import ppo
 VOLATILE = {"wall_seconds", "steps_per_second", "run_dir", "checkpoint"}
 
 
+# CartPole's budget comes from a measured distribution, not from one seed's trajectory:
+# rounding differs between CPUs, so on another machine every seed is a fresh draw. With the
+# preset, 40 seeds on an AMD EPYC solved (mean of the last 100 episodes >= 475, ppo.py's
+# own check) after a median of about 65,000 steps; 39 of 40 within the preset's 150,000
+# steps, the slowest after 118,384, and one (seed 22) not at all. So one seed alone would
+# fail about 1 time in 40 on a new machine; two of three seeds failing has a chance of
+# about 3 * (1/40)^2, or 0.2%.
+CARTPOLE_SEEDS = (1, 2, 3)
+
+
 def test_cartpole_solves_within_its_step_budget(tmp_path):
-    config = ppo.make_config("CartPole", seed=1, run_dir=str(tmp_path))
-    metrics = ppo.ppo(config)
-    assert metrics["status"] == "solved"
-    assert metrics["mean_return"] >= 475 and metrics["episodes"] == 100
-    assert metrics["global_step"] <= 100_000
-    mean, _ = ppo.evaluate(metrics["checkpoint"], episodes=5)
+    solved = []
+    for seed in CARTPOLE_SEEDS:
+        metrics = ppo.ppo(ppo.make_config("CartPole", seed=seed, run_dir=str(tmp_path / str(seed))))
+        if metrics["status"] == "solved":
+            assert metrics["mean_return"] >= 475 and metrics["episodes"] == 100
+            assert metrics["global_step"] <= 150_000
+            solved.append(metrics)
+        if len(solved) == 2:
+            break
+    assert len(solved) == 2, "fewer than 2 of 3 seeds solved CartPole within 150,000 steps"
+    mean, _ = ppo.evaluate(solved[0]["checkpoint"], episodes=5)
     assert mean >= 475  # the deterministic policy of the checkpoint balances too
 
 
@@ -145,9 +160,11 @@ def test_evaluation_uses_the_saved_statistics_without_updating_them(tmp_path, mo
 
 
 def test_pendulum_learns_within_a_step_budget(tmp_path):
-    """A random policy scores about -1200; the preset, unchanged but for an early stop at
-    -400 over the last 100 episodes, must get there within 80,000 steps."""
+    """A random policy scores about -1200. With the preset, unchanged but for an early stop
+    at -400 over the last 100 episodes, seeds 1 to 10 on an AMD EPYC got there after a
+    median of 63,176 steps and at most 79,476 (ppo.py's own check). The budget is 1.5 times
+    that worst seed, because on another CPU this seed's trajectory is a fresh draw."""
     config = ppo.make_config("Pendulum", seed=3, target_return=-400.0, run_dir=str(tmp_path))
     metrics = ppo.ppo(config)
     assert metrics["status"] == "solved" and metrics["mean_return"] >= -400
-    assert metrics["global_step"] <= 80_000
+    assert metrics["global_step"] <= 120_000
