@@ -91,7 +91,10 @@ class Config:
     anneal_lr: bool = option(True, "decay the learning rate linearly to 0 over the run")
     gamma: float = option(0.99, "gamma, discount factor in (0, 1]; typically 0.9 to 0.999")
     gae_lambda: float = option(0.95, "lambda of GAE in (0, 1]; 1 is Monte Carlo, 0 is one-step TD; typically 0.8 to 0.99")
-    clip_coef: float = option(0.2, "epsilon, clip range of the probability ratio, in (0, 1); typically 0.1 to 0.3; not annealed")
+    objective: typing.Literal["clip", "kl-penalty"] = option("clip", "the surrogate objective: clip (PPO eq. 7) or kl-penalty (the adaptive KL penalty, PPO eq. 8)")
+    clip_coef: float = option(0.2, "epsilon, clip range of the probability ratio, in (0, 1); typically 0.1 to 0.3; not annealed (clip objective)")
+    kl_coef: float = option(1.0, "beta, the initial weight of the KL penalty, adapted after every iteration (kl-penalty objective)")
+    kl_penalty_target: float = option(0.01, "d_targ, the KL per iteration the penalty's beta is adapted towards (kl-penalty objective); typically 0.003 to 0.03")
     ent_coef: float = option(0.01, "c2, weight of the entropy bonus; typically 0 to 0.01")
     vf_coef: float = option(0.5, "weight of the value loss (V - R)^2 / 2, so the paper's c1 is vf_coef / 2; typically 0.5 to 1")
     max_grad_norm: float = option(0.5, "clip the global gradient norm to this; typically 0.5")
@@ -144,7 +147,7 @@ class Config:
             raise UserError(f"--clip-coef must be in (0, 1), got {self.clip_coef}")
         if not 0 <= self.repeat_action_probability < 1:
             raise UserError(f"--repeat-action-probability must be in [0, 1), got {self.repeat_action_probability}")
-        for name in ("learning_rate", "vf_coef", "max_grad_norm", "observation_clip"):
+        for name in ("learning_rate", "vf_coef", "max_grad_norm", "observation_clip", "kl_coef", "kl_penalty_target"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
         if not self.ent_coef >= 0:
@@ -343,6 +346,14 @@ class Actor(nn.Module):
         """The most likely action, for deterministic evaluation."""
         raise NotImplementedError
 
+    def parameters_of(self, distribution: torch.Tensor) -> torch.Tensor:
+        """Everything that fixes the distribution, as one (B, K) tensor to keep."""
+        raise NotImplementedError
+
+    def kl_divergence(self, old_parameters: torch.Tensor, distribution: torch.Tensor) -> torch.Tensor:
+        """KL[pi_old(.|s) || pi(.|s)] exactly, one number per sample: (B,)."""
+        raise NotImplementedError
+
 
 class CategoricalActor(Actor):
     """Discrete actions: pi(a|s) = softmax(logits(s))_a."""
@@ -365,6 +376,12 @@ class CategoricalActor(Actor):
 
     def mode(self, log_probs):
         return log_probs.argmax(dim=-1)
+
+    def parameters_of(self, log_probs):
+        return log_probs  # (B, num_actions): the whole distribution
+
+    def kl_divergence(self, old_log_probs, log_probs):
+        return categorical_kl(old_log_probs, log_probs)
 
 
 class GaussianActor(Actor):
@@ -398,6 +415,27 @@ class GaussianActor(Actor):
     def mode(self, mean):
         return mean
 
+    def parameters_of(self, mean):
+        return torch.cat((mean, self.log_std.expand_as(mean)), dim=-1)  # (B, 2 * action_dim)
+
+    def kl_divergence(self, old_parameters, mean):
+        old_mean, old_log_std = old_parameters.chunk(2, dim=-1)
+        return gaussian_kl(old_mean, old_log_std, mean, self.log_std)
+
+
+def categorical_kl(old_log_probs: torch.Tensor, new_log_probs: torch.Tensor) -> torch.Tensor:
+    """KL[p || q] = sum_a p(a) (log p(a) - log q(a)) for (B, num_actions) log-probabilities: (B,)."""
+    return (old_log_probs.exp() * (old_log_probs - new_log_probs)).sum(dim=-1)
+
+
+def gaussian_kl(old_mean, old_log_std, new_mean, new_log_std) -> torch.Tensor:
+    """KL between diagonal Gaussians, summed over the independent dimensions: (B,).
+        KL[N(m1, s1) || N(m2, s2)] = log(s2 / s1) + (s1^2 + (m1 - m2)^2) / (2 s2^2) - 1/2
+    """
+    variance_ratio = torch.exp(2 * (old_log_std - new_log_std))  # s1^2 / s2^2
+    squared_distance = (old_mean - new_mean) ** 2 * torch.exp(-2 * new_log_std)  # (m1 - m2)^2 / s2^2
+    return (new_log_std - old_log_std + 0.5 * (variance_ratio + squared_distance) - 0.5).sum(dim=-1)
+
 
 class Critic(nn.Module):
     """The state-value function V(s)."""
@@ -428,11 +466,11 @@ class ActorCritic(nn.Module):
         actions = self.actor.sample(distribution)
         return actions, self.actor.log_prob(distribution, actions), self.critic(features)
 
-    def evaluate(self, observations: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """log pi(a|s), entropy and V(s) of stored samples under the current weights."""
+    def evaluate(self, observations: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """log pi(a|s), entropy, V(s) and the distribution of stored samples under the current weights."""
         features = self.encoder(observations)
         distribution = self.actor(features)
-        return self.actor.log_prob(distribution, actions), self.actor.entropy(distribution), self.critic(features)
+        return self.actor.log_prob(distribution, actions), self.actor.entropy(distribution), self.critic(features), distribution
 
     def value(self, observations: torch.Tensor) -> torch.Tensor:
         return self.critic(self.encoder(observations))
@@ -771,6 +809,28 @@ def clipped_surrogate_loss(new_log_probs, old_log_probs, advantages, clip_coef):
     return -torch.min(unclipped, clipped).mean()
 
 
+def kl_penalty_loss(new_log_probs, old_log_probs, advantages, kl, kl_coef):
+    """-L^KLPEN, to be minimized.
+
+        L^KLPEN = E_t[ r_t A_t - beta KL[pi_old(.|s_t), pi_theta(.|s_t)] ]      [PPO eq. 8]
+    The clip needs only log pi_old(a_t|s_t), the old probability of the action taken; the
+    penalty's KL is a sum (or integral) over every action, so it needs the whole old
+    distribution: the batch keeps its parameters (`Actor.parameters_of`).
+    """
+    ratio = torch.exp(new_log_probs - old_log_probs)
+    return -(ratio * advantages).mean() + kl_coef * kl.mean()
+
+
+def adapted_kl_coef(kl_coef: float, mean_kl: float, kl_target: float) -> float:
+    """beta for the next iteration, from d, the mean KL the last update reached [PPO sec. 4]:
+    halve beta if d < d_targ / 1.5, double it if d > 1.5 d_targ, keep it otherwise."""
+    if mean_kl < kl_target / 1.5:
+        return kl_coef / 2
+    if mean_kl > kl_target * 1.5:
+        return kl_coef * 2
+    return kl_coef
+
+
 def value_loss(values, returns):
     """(V_theta(s_t) - V_t^targ)^2 / 2, the squared-error term L^VF of [PPO eq. 9], halved.
 
@@ -822,9 +882,11 @@ def normalize(advantages):
 LOSS_NAMES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
 
 
-def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], config: Config) -> dict[str, float]:
-    """K epochs of shuffled minibatch steps on -L^{CLIP+VF+S} [PPO Algorithm 1]; returns
-    the means over all minibatch steps taken (not the last minibatch's values).
+def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], config: Config,
+           kl_coef: float = 0.0) -> dict[str, float]:
+    """K epochs of shuffled minibatch steps on -L^{CLIP+VF+S} [PPO Algorithm 1], or on the
+    KL-penalized objective with weight kl_coef (beta) in place of L^CLIP; returns the means
+    over all minibatch steps taken (not the last minibatch's values).
 
     With --target-kl, the whole update ends (not just the epoch) at the first minibatch
     whose policy has moved further than that from the one that collected the data.
@@ -835,7 +897,7 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
     for _ in range(config.update_epochs):
         order = torch.randperm(batch_size, device=batch["advantages"].device)
         for indices in torch.tensor_split(order, config.num_minibatches):
-            new_log_probs, entropy, values = agent.evaluate(batch["observations"][indices], batch["actions"][indices])
+            new_log_probs, entropy, values, distribution = agent.evaluate(batch["observations"][indices], batch["actions"][indices])
             old_log_probs = batch["log_probs"][indices]
             kl = approx_kl(new_log_probs.detach(), old_log_probs)
             if config.target_kl is not None and kl.item() > config.target_kl:
@@ -843,7 +905,11 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
             advantages = batch["advantages"][indices]
             if config.normalize_advantages:
                 advantages = normalize(advantages)
-            policy_loss = clipped_surrogate_loss(new_log_probs, old_log_probs, advantages, config.clip_coef)
+            if config.objective == "clip":
+                policy_loss = clipped_surrogate_loss(new_log_probs, old_log_probs, advantages, config.clip_coef)
+            else:
+                exact_kl = agent.actor.kl_divergence(batch["old_distributions"][indices], distribution)
+                policy_loss = kl_penalty_loss(new_log_probs, old_log_probs, advantages, exact_kl, kl_coef)
             critic_loss = value_loss(values, batch["returns"][indices])
             # With c2 = 0 the entropy is only a diagnostic: detached, backward skips its graph.
             entropy = entropy.mean() if config.ent_coef > 0 else entropy.detach().mean()
@@ -887,6 +953,7 @@ class Training:
     optimizer: torch.optim.Adam
     buffer: PPOBuffer
     runner: Runner
+    kl_coef: float  # beta of the KL penalty, adapted after each iteration (kl-penalty objective)
 
 
 def build_training(config: Config, device: torch.device) -> Training:
@@ -894,7 +961,7 @@ def build_training(config: Config, device: torch.device) -> Training:
     envs = make_environments(config, config.num_envs)
     agent = build_actor_critic(envs.single_observation_space, envs.single_action_space, config).to(device)
     buffer = PPOBuffer(config.num_steps, config.num_envs, envs.single_observation_space, envs.single_action_space, device)
-    return Training(envs, agent, make_optimizer(agent, config), buffer, Runner(envs, config, device))
+    return Training(envs, agent, make_optimizer(agent, config), buffer, Runner(envs, config, device), config.kl_coef)
 
 
 def ppo_iteration(training: Training, config: Config, learning_rate: float) -> dict[str, float]:
@@ -906,9 +973,25 @@ def ppo_iteration(training: Training, config: Config, learning_rate: float) -> d
     environment_steps, last_values = training.runner.collect(training.agent, training.buffer)
     advantages, returns = training.buffer.advantages_and_returns(last_values, config.gamma, config.gae_lambda)
     batch = training.buffer.flatten_valid(advantages, returns)
-    losses = update(training.agent, training.optimizer, batch, config)
+    kl_coef = training.kl_coef
+    if config.objective == "kl-penalty":
+        batch["old_distributions"] = policy_parameters(training.agent, batch["observations"])  # pi_old, kept whole
+    losses = update(training.agent, training.optimizer, batch, config, kl_coef)
+    if config.objective == "kl-penalty":
+        with torch.no_grad():
+            distribution = training.agent.actor(training.agent.encoder(batch["observations"]))
+            mean_kl = training.agent.actor.kl_divergence(batch["old_distributions"], distribution).mean().item()
+        training.kl_coef = adapted_kl_coef(kl_coef, mean_kl, config.kl_penalty_target)
     return {"environment_steps": environment_steps, **losses,
-            "explained_variance": explained_variance(batch["values"], batch["returns"])}
+            "explained_variance": explained_variance(batch["values"], batch["returns"]),
+            **({"kl_coef": kl_coef} if config.objective == "kl-penalty" else {})}
+
+
+@torch.no_grad()
+def policy_parameters(agent: ActorCritic, observations: torch.Tensor) -> torch.Tensor:
+    """The parameters of pi_old for each sample of the batch. The weights have not moved
+    since the rollout was collected, so this is the distribution that chose the actions."""
+    return agent.actor.parameters_of(agent.actor(agent.encoder(observations)))
 
 # That is all of PPO: `ppo_iteration` called num_iterations times, with the learning rate
 # from `annealed_learning_rate`. Part II adds what a tool needs around that loop.
@@ -1010,6 +1093,7 @@ def checkpoint_state(training: Training, config: Config, completed_iterations: i
         "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "env_id": config.env_id,
         "model": training.agent.state_dict(), "optimizer": training.optimizer.state_dict(),
         "runner": runner_state(training.runner), "iteration": completed_iterations, "global_step": global_step,
+        "kl_coef": training.kl_coef,
         "rng": {"torch": torch.get_rng_state(),  # on a GPU, sampling draws from its own generator
                 "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
     }
@@ -1072,6 +1156,7 @@ def restore_training(training: Training, checkpoint: dict, path: str, config: Co
     load_model_state(training.agent, checkpoint["model"], path)
     training.optimizer.load_state_dict(checkpoint["optimizer"])
     global_step = checkpoint["global_step"]
+    training.kl_coef = checkpoint["kl_coef"]
     restore_runner(training.runner, checkpoint["runner"], reset_seed=config.seed + global_step)
     torch.set_rng_state(checkpoint["rng"]["torch"])
     if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
@@ -1108,7 +1193,7 @@ def default_run_dir(config: Config) -> str:
 
 
 METRIC_COLUMNS = ("iteration", "global_step", "wall_seconds", "mean_return", "episodes", *LOSS_NAMES,
-                  "explained_variance", "steps_per_second", "learning_rate")
+                  "explained_variance", "steps_per_second", "learning_rate", "kl_coef")
 
 
 class MetricsLog:
@@ -1131,11 +1216,13 @@ class MetricsLog:
         self.file.flush()
         if self.tensorboard:
             for name in METRIC_COLUMNS[2:]:
-                self.tensorboard.add_scalar(name, row[name], row["global_step"])
+                if row[name] != "":  # kl_coef is empty under the clip objective
+                    self.tensorboard.add_scalar(name, row[name], row["global_step"])
         print(f"iter {row['iteration']:>4}/{num_iterations} | step {row['global_step']:>9,} | "
               f"{row['steps_per_second']:>6,.0f} sps | return {row['mean_return']:8.2f} ({row['episodes']} ep) | "
               f"policy {row['policy_loss']:+.4f} value {row['value_loss']:.4f} entropy {row['entropy']:.3f} "
-              f"kl {row['approx_kl']:.4f} clip {row['clip_fraction']:.3f} ev {row['explained_variance']:+.2f}", flush=True)
+              f"kl {row['approx_kl']:.4f} clip {row['clip_fraction']:.3f} ev {row['explained_variance']:+.2f}"
+              + (f" beta {row['kl_coef']:.3g}" if row["kl_coef"] != "" else ""), flush=True)
 
     def close(self) -> None:
         self.file.close()
@@ -1232,7 +1319,7 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
                 mean_return = float(np.mean(recent)) if recent else float("nan")
                 metrics = {
                     "iteration": completed, "global_step": global_step, "wall_seconds": round(now - start_time, 3),
-                    "mean_return": mean_return, "episodes": len(recent), **diagnostics,
+                    "mean_return": mean_return, "episodes": len(recent), "kl_coef": "", **diagnostics,
                     "steps_per_second": (global_step - start_step) / max(now - start_time, 1e-9),
                     "learning_rate": learning_rate,
                 }
@@ -1316,7 +1403,8 @@ FLAG_FAMILIES = {
     "what and where": ("env", "seed", "device", "run_dir", "torch_threads", "env_threads"),
     "how much data": ("total_steps", "num_envs", "num_steps"),
     "the update": ("update_epochs", "num_minibatches", "learning_rate", "anneal_lr", "max_grad_norm", "target_kl"),
-    "the objective": ("clip_coef", "ent_coef", "vf_coef", "gamma", "gae_lambda", "normalize_advantages"),
+    "the objective": ("objective", "clip_coef", "kl_coef", "kl_penalty_target", "ent_coef", "vf_coef", "gamma",
+                      "gae_lambda", "normalize_advantages"),
     "networks": ("hidden_sizes", "activation", "cnn", "log_std_init"),
     "continuous control": ("normalize_observations", "observation_clip", "scale_rewards"),
     "Atari": ("clip_rewards", "frame_skip", "repeat_action_probability"),

@@ -54,9 +54,11 @@ def test_checkpoint_is_a_dict_of_state_dicts_loadable_with_weights_only(tmp_path
     assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path))  # the atomic write left nothing behind
 
 
-def test_an_interrupted_run_resumed_equals_an_uninterrupted_one(tmp_path, monkeypatch):
-    """2k iterations in one go == k iterations, Ctrl-C, resume for k more (annealed lr too)."""
-    whole = ppo.ppo(cartpole(tmp_path / "whole"))
+@pytest.mark.parametrize("objective", ["clip", "kl-penalty"])
+def test_an_interrupted_run_resumed_equals_an_uninterrupted_one(tmp_path, monkeypatch, objective):
+    """2k iterations in one go == k iterations, Ctrl-C, resume for k more (annealed lr, and
+    the adapted beta of the KL penalty, too)."""
+    whole = ppo.ppo(cartpole(tmp_path / "whole", objective=objective))
     calls = {"count": 0}
     original_update = ppo.update
     def interrupt_after_k(*arguments):
@@ -65,7 +67,7 @@ def test_an_interrupted_run_resumed_equals_an_uninterrupted_one(tmp_path, monkey
             os.kill(os.getpid(), signal.SIGINT)
         return original_update(*arguments)
     monkeypatch.setattr(ppo, "update", interrupt_after_k)
-    config = cartpole(tmp_path / "split")
+    config = cartpole(tmp_path / "split", objective=objective)
     first_half = ppo.ppo(config)
     assert first_half["status"] == "interrupted" and first_half["iteration"] == 2
     monkeypatch.setattr(ppo, "update", original_update)
@@ -75,6 +77,11 @@ def test_an_interrupted_run_resumed_equals_an_uninterrupted_one(tmp_path, monkey
     assert_same_learning_state(whole["checkpoint"], second_half["checkpoint"])
     rows = (tmp_path / "split" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 4  # the resumed run appends to the same metrics file
+    betas = [row.split(",")[ppo.METRIC_COLUMNS.index("kl_coef")] for row in rows[1:]]
+    if objective == "kl-penalty":  # beta was adapted, saved and restored
+        assert betas[0] == "1.0" and len(set(betas)) > 1
+    else:
+        assert betas == [""] * 4
 
 
 def test_a_finished_run_extended_by_resume_equals_a_longer_run(tmp_path):

@@ -324,3 +324,51 @@ def test_learning_rate_anneals_linearly_to_zero():
         [config.learning_rate * f for f in (1.0, 0.75, 0.5, 0.25)])
     constant = dataclasses.replace(config, anneal_lr=False)
     assert ppo.annealed_learning_rate(constant, 3) == config.learning_rate
+
+
+def test_categorical_kl_matches_torch_distributions():
+    torch.manual_seed(0)
+    old, new = torch.log_softmax(torch.randn(6, 4), -1), torch.log_softmax(torch.randn(6, 4), -1)
+    reference = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=old),
+                                                  torch.distributions.Categorical(logits=new))
+    torch.testing.assert_close(ppo.categorical_kl(old, new), reference)
+    assert torch.all(ppo.categorical_kl(old, old).abs() < 1e-6)
+
+
+def test_gaussian_kl_matches_torch_distributions_summed_over_dimensions():
+    torch.manual_seed(0)
+    old_mean, new_mean = torch.randn(6, 3), torch.randn(6, 3)
+    old_log_std, new_log_std = torch.randn(6, 3) * 0.5, torch.tensor([-0.5, 0.0, 0.7])
+    reference = torch.distributions.kl_divergence(torch.distributions.Normal(old_mean, old_log_std.exp()),
+                                                  torch.distributions.Normal(new_mean, new_log_std.exp())).sum(-1)
+    torch.testing.assert_close(ppo.gaussian_kl(old_mean, old_log_std, new_mean, new_log_std), reference)
+    actor = ppo.GaussianActor(torch.nn.Linear(5, 3), action_dim=3, log_std_init=-0.3)
+    mean = actor(torch.randn(6, 5))
+    assert torch.all(actor.kl_divergence(actor.parameters_of(mean), mean).abs() < 1e-6)  # KL[p || p] = 0
+
+
+@pytest.mark.parametrize("mean_kl, expected", [(0.001, 0.5), (0.0066, 0.5), (0.0067, 1.0), (0.01, 1.0),
+                                               (0.015, 1.0), (0.0151, 2.0), (0.5, 2.0)])
+def test_the_kl_coefficient_adapts_as_the_paper_says(mean_kl, expected):
+    """d_targ = 0.01: halve beta below 0.01 / 1.5, double it above 1.5 * 0.01."""
+    assert ppo.adapted_kl_coef(1.0, mean_kl, 0.01) == expected
+
+
+def test_the_penalized_objective_has_the_gradient_of_its_per_sample_form():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    old_log_probs_all = torch.log_softmax(torch.randn(5, 3, dtype=torch.float64), -1)
+    actions, advantages, beta = torch.tensor([0, 2, 1, 1, 0]), torch.randn(5, dtype=torch.float64), 0.7
+    new_log_probs_all = torch.log_softmax(logits, -1)
+    take = lambda log_probs: log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    loss = ppo.kl_penalty_loss(take(new_log_probs_all), take(old_log_probs_all), advantages,
+                               ppo.categorical_kl(old_log_probs_all, new_log_probs_all), beta)
+    (gradient,) = torch.autograd.grad(loss, logits)
+    naive = 0.0
+    for i in range(5):  # -(r_i A_i - beta KL_i), one sample at a time, then the mean
+        old = torch.distributions.Categorical(logits=old_log_probs_all[i])
+        new = torch.distributions.Categorical(logits=logits[i])
+        ratio = torch.exp(new.log_prob(actions[i]) - old.log_prob(actions[i]))
+        naive = naive - (ratio * advantages[i] - beta * torch.distributions.kl_divergence(old, new)) / 5
+    (naive_gradient,) = torch.autograd.grad(naive, logits)
+    torch.testing.assert_close(gradient, naive_gradient)

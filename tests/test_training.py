@@ -122,7 +122,7 @@ def test_the_buffer_stores_the_unclipped_action_and_the_update_uses_its_log_prob
     advantages, returns = buffer.advantages_and_returns(torch.zeros(2), config.gamma, config.gae_lambda)
     batch = buffer.flatten_valid(advantages, returns)
     with torch.no_grad():
-        new_log_probs, _, _ = agent.evaluate(batch["observations"], batch["actions"])
+        new_log_probs, _, _, _ = agent.evaluate(batch["observations"], batch["actions"])
         mean = agent.actor(batch["observations"])
         clipped_log_probs = agent.actor.log_prob(mean, batch["actions"].clamp(-2.0, 2.0))
     torch.testing.assert_close(new_log_probs, batch["log_probs"])  # ratio 1 before the first step
