@@ -346,11 +346,11 @@ class Actor(nn.Module):
         """The most likely action, for deterministic evaluation."""
         raise NotImplementedError
 
-    def parameters_of(self, distribution: torch.Tensor) -> torch.Tensor:
+    def full_distribution(self, distribution: torch.Tensor) -> torch.Tensor:
         """Everything that fixes the distribution, as one (B, K) tensor to keep."""
         raise NotImplementedError
 
-    def kl_divergence(self, old_parameters: torch.Tensor, distribution: torch.Tensor) -> torch.Tensor:
+    def kl_divergence(self, old_distribution: torch.Tensor, distribution: torch.Tensor) -> torch.Tensor:
         """KL[pi_old(.|s) || pi(.|s)] exactly, one number per sample: (B,)."""
         raise NotImplementedError
 
@@ -377,7 +377,7 @@ class CategoricalActor(Actor):
     def mode(self, log_probs):
         return log_probs.argmax(dim=-1)
 
-    def parameters_of(self, log_probs):
+    def full_distribution(self, log_probs):
         return log_probs  # (B, num_actions): the whole distribution
 
     def kl_divergence(self, old_log_probs, log_probs):
@@ -415,11 +415,11 @@ class GaussianActor(Actor):
     def mode(self, mean):
         return mean
 
-    def parameters_of(self, mean):
+    def full_distribution(self, mean):
         return torch.cat((mean, self.log_std.expand_as(mean)), dim=-1)  # (B, 2 * action_dim)
 
-    def kl_divergence(self, old_parameters, mean):
-        old_mean, old_log_std = old_parameters.chunk(2, dim=-1)
+    def kl_divergence(self, old_distribution, mean):
+        old_mean, old_log_std = old_distribution.chunk(2, dim=-1)
         return gaussian_kl(old_mean, old_log_std, mean, self.log_std)
 
 
@@ -815,7 +815,7 @@ def kl_penalty_loss(new_log_probs, old_log_probs, advantages, kl, kl_coef):
         L^KLPEN = E_t[ r_t A_t - beta KL[pi_old(.|s_t), pi_theta(.|s_t)] ]      [PPO eq. 8]
     The clip needs only log pi_old(a_t|s_t), the old probability of the action taken; the
     penalty's KL is a sum (or integral) over every action, so it needs the whole old
-    distribution: the batch keeps its parameters (`Actor.parameters_of`).
+    distribution: the batch keeps it whole (`Actor.full_distribution`).
     """
     ratio = torch.exp(new_log_probs - old_log_probs)
     return -(ratio * advantages).mean() + kl_coef * kl.mean()
@@ -975,7 +975,7 @@ def ppo_iteration(training: Training, config: Config, learning_rate: float) -> d
     batch = training.buffer.flatten_valid(advantages, returns)
     kl_coef = training.kl_coef
     if config.objective == "kl-penalty":
-        batch["old_distributions"] = policy_parameters(training.agent, batch["observations"])  # pi_old, kept whole
+        batch["old_distributions"] = old_distributions(training.agent, batch["observations"])  # pi_old, kept whole
     losses = update(training.agent, training.optimizer, batch, config, kl_coef)
     if config.objective == "kl-penalty":
         with torch.no_grad():
@@ -988,10 +988,10 @@ def ppo_iteration(training: Training, config: Config, learning_rate: float) -> d
 
 
 @torch.no_grad()
-def policy_parameters(agent: ActorCritic, observations: torch.Tensor) -> torch.Tensor:
-    """The parameters of pi_old for each sample of the batch. The weights have not moved
-    since the rollout was collected, so this is the distribution that chose the actions."""
-    return agent.actor.parameters_of(agent.actor(agent.encoder(observations)))
+def old_distributions(agent: ActorCritic, observations: torch.Tensor) -> torch.Tensor:
+    """pi_old(.|s) whole, for each sample of the batch. The weights have not moved since
+    the rollout was collected, so this is the distribution that chose the actions."""
+    return agent.actor.full_distribution(agent.actor(agent.encoder(observations)))
 
 # That is all of PPO: `ppo_iteration` called num_iterations times, with the learning rate
 # from `annealed_learning_rate`. Part II adds what a tool needs around that loop.
