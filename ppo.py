@@ -37,6 +37,7 @@ import csv
 import dataclasses
 import difflib
 import importlib.util
+import io
 import json
 import math
 import os
@@ -46,6 +47,9 @@ import time
 import typing
 from collections import deque
 from dataclasses import dataclass, field
+
+if __name__ == "__main__":  # Ctrl-C while torch loads: stop quietly; main() then takes over signals
+    signal.signal(signal.SIGINT, lambda number, frame: sys.exit(130))
 
 import gymnasium as gym
 import numpy as np
@@ -84,11 +88,11 @@ class Config:
     device: str = option("cpu", "torch device: cpu, cuda, cuda:1")
     total_steps: int = option(500_000, "N * T slots to train for (autoreset steps included, so the logged step count of real transitions is a little lower)")
     num_envs: int = option(4, "N, parallel environments; typically 1 to 64")
-    num_steps: int = option(128, "T, rollout length per environment per iteration; typically 16 to 2048")
+    num_steps: int = option(128, "T, rollout length per environment per iteration, at least 2; typically 16 to 2048")
     num_minibatches: int = option(4, "minibatches per epoch; num_envs * num_steps must split into minibatches of at least 8 steps")
     update_epochs: int = option(4, "K, passes over each rollout; typically 3 to 30")
-    learning_rate: float = option(2.5e-4, "Adam step size alpha; typically 1e-4 to 3e-3")
-    anneal_lr: bool = option(True, "decay the learning rate linearly to 0 over the run")
+    learning_rate: float = option(2.5e-4, "Adam step size alpha, at most 1; typically 1e-4 to 3e-3")
+    anneal_lr: bool = option(True, "decay the learning rate linearly to 0 over the run; a resume with more --total-steps decays it from where it was to 0 at the new end")
     gamma: float = option(0.99, "gamma, discount factor in (0, 1]; typically 0.9 to 0.999")
     gae_lambda: float = option(0.95, "lambda of GAE in (0, 1]; 1 is Monte Carlo, 0 is one-step TD; typically 0.8 to 0.99")
     objective: typing.Literal["clip", "kl-penalty"] = option("clip", "the surrogate objective: clip (PPO eq. 7) or kl-penalty (the adaptive KL penalty, PPO eq. 8)")
@@ -132,6 +136,9 @@ class Config:
         for name in ("env_threads", "torch_threads"):
             if getattr(self, name) < 0:
                 raise UserError(f"{flag_name(name)} must be 0 (the default) or a positive count, got {getattr(self, name)}")
+        if self.num_steps < 2:
+            raise UserError("--num-steps must be at least 2: the step after an episode ends only resets, so a "
+                            "rollout of 1 step can hold no transition at all")
         if self.batch_size % self.num_minibatches or self.batch_size // self.num_minibatches < 8:
             raise UserError(f"the batch of num_envs * num_steps = {self.batch_size} steps does not split into "
                             f"{self.num_minibatches} minibatches of at least 8 steps; choose fewer --num-minibatches "
@@ -150,6 +157,8 @@ class Config:
         for name in ("learning_rate", "vf_coef", "max_grad_norm", "observation_clip", "kl_coef", "kl_penalty_target"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{flag_name(name)} must be positive, got {getattr(self, name)}")
+        if self.learning_rate > 1:  # Adam moves each weight by about the learning rate per step
+            raise UserError(f"--learning-rate must be at most 1 (typically 1e-4 to 3e-3), got {self.learning_rate}")
         if not self.ent_coef >= 0:
             raise UserError(f"--ent-coef must be zero or positive, got {self.ent_coef}")
         if self.target_kl is not None and not self.target_kl > 0:
@@ -936,11 +945,18 @@ def make_optimizer(agent: ActorCritic, config: Config) -> torch.optim.Adam:
     return torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
 
 
-def annealed_learning_rate(config: Config, iteration: int) -> float:
+def annealed_learning_rate(config: Config, iteration: int, start_iteration: int = 0,
+                           start_rate: typing.Optional[float] = None) -> float:
     """alpha, decayed linearly to 0 over the run as in the PPO paper's Atari and MuJoCo
-    settings. The clip range epsilon is not annealed (the paper's Atari setting anneals it
-    too; it made no measurable difference on the presets here)."""
-    return config.learning_rate * (1.0 - iteration / config.num_iterations if config.anneal_lr else 1.0)
+    settings: from start_rate at start_iteration (by default config.learning_rate at 0) to 0
+    after the last iteration. The clip range epsilon is not annealed (the paper's Atari
+    setting anneals it too; it made no measurable difference on the presets here)."""
+    if not config.anneal_lr:
+        return config.learning_rate
+    rate = config.learning_rate if start_rate is None else start_rate
+    if config.num_iterations <= start_iteration:  # a resumed run that is already past its end
+        return rate
+    return rate * (1.0 - (iteration - start_iteration) / (config.num_iterations - start_iteration))
 
 
 @dataclass
@@ -1087,9 +1103,11 @@ def as_flag(name: str, value) -> str:
     return f"{flag_name(name)} {' '.join(map(str, value)) if isinstance(value, tuple) else value}"
 
 
-def checkpoint_state(training: Training, config: Config, completed_iterations: int, global_step: int, device: torch.device) -> dict:
+def checkpoint_state(training: Training, config: Config, completed_iterations: int, global_step: int,
+                     schedule_start: tuple[int, float], device: torch.device) -> dict:
     """A dict of state dicts and plain values: loadable with weights_only, never a pickled module."""
     return {
+        "schedule_start": {"iteration": schedule_start[0], "learning_rate": schedule_start[1]},
         "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "env_id": config.env_id,
         "model": training.agent.state_dict(), "optimizer": training.optimizer.state_dict(),
         "runner": runner_state(training.runner), "iteration": completed_iterations, "global_step": global_step,
@@ -1100,10 +1118,16 @@ def checkpoint_state(training: Training, config: Config, completed_iterations: i
 
 
 def save_checkpoint(path: str, state: dict) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    """Write atomically: a crash or a full disk mid-write leaves the previous checkpoint
+    intact, and no temporary file behind."""
     temporary = f"{path}.{os.getpid()}.tmp"  # unique, so two writers never share one
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    try:
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
 
 
 def config_from_dict(values: dict) -> Config:
@@ -1130,7 +1154,33 @@ def load_checkpoint(path: str) -> dict:
         raise UserError(f"{path} holds a config this ppo.py does not know ({error}); use a checkpoint written by this version") from None
     except UserError as error:
         raise UserError(f"{path} holds an invalid config: {error}") from None
+    check_checkpoint_entries(checkpoint, path)
     return checkpoint
+
+
+# What ppo.py reads from a checkpoint, and the kind each entry must be.
+CHECKPOINT_ENTRIES = {"env_id": str, "model": dict, "optimizer": dict, "runner": dict, "rng": dict,
+                      "iteration": int, "global_step": int, "kl_coef": float, "schedule_start": dict}
+RUNNER_ENTRIES = ("environment", "raw_observations", "episode_returns", "autoreset", "recent_returns",
+                  "observation_normalizer", "reward_scaler")
+
+
+def check_checkpoint_entries(checkpoint: dict, path: str) -> None:
+    """Raise UserError unless every entry is there, of its kind, and the weights finite.
+    Shapes are checked where they are loaded (`restore_training`)."""
+    for name, kind in CHECKPOINT_ENTRIES.items():
+        value = checkpoint.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise UserError(f"{path} has no valid {name!r} entry, so it is damaged; use another checkpoint of the run")
+    missing = [name for name in RUNNER_ENTRIES if name not in checkpoint["runner"]]
+    if missing or checkpoint["iteration"] < 0 or checkpoint["global_step"] < 0:
+        raise UserError(f"{path} has a damaged {'runner' if missing else 'iteration'!r} entry; use another checkpoint of the run")
+    weights = checkpoint["model"].values()
+    if not all(isinstance(weight, torch.Tensor) and weight.is_floating_point() for weight in weights):
+        raise UserError(f"{path} has a damaged 'model' entry; use another checkpoint of the run")
+    if not all(bool(torch.isfinite(weight).all()) for weight in weights):
+        raise UserError(f"{path} holds NaN or infinite weights (saved after training diverged?); "
+                        "resume from an earlier checkpoint")
 
 
 def check_compatible(checkpoint_config: Config, config: Config, path: str) -> None:
@@ -1154,14 +1204,36 @@ def load_model_state(agent: nn.Module, state: dict, path: str) -> None:
 def restore_training(training: Training, checkpoint: dict, path: str, config: Config, device: torch.device) -> tuple[int, int]:
     """Load networks, optimizer, runner and random state; return (iteration, global step)."""
     load_model_state(training.agent, checkpoint["model"], path)
-    training.optimizer.load_state_dict(checkpoint["optimizer"])
-    global_step = checkpoint["global_step"]
+    part = "optimizer"
+    try:
+        training.optimizer.load_state_dict(checkpoint["optimizer"])
+        for weight in training.agent.parameters():
+            for moment in ("exp_avg", "exp_avg_sq"):
+                if training.optimizer.state[weight][moment].shape != weight.shape:
+                    raise ValueError(f"{moment} of shape {tuple(training.optimizer.state[weight][moment].shape)}")
+        part = "runner"
+        restore_runner(training.runner, checkpoint["runner"], reset_seed=config.seed + checkpoint["global_step"])
+        part = "rng"
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
+        raise UserError(f"{path} has a damaged {part!r} entry ({type(error).__name__}); use another checkpoint of the run") from None
     training.kl_coef = checkpoint["kl_coef"]
-    restore_runner(training.runner, checkpoint["runner"], reset_seed=config.seed + global_step)
-    torch.set_rng_state(checkpoint["rng"]["torch"])
-    if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
-    return checkpoint["iteration"], global_step
+    return checkpoint["iteration"], checkpoint["global_step"]
+
+
+def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float]:
+    """Where the learning-rate decay of a resumed run starts. The same run continued keeps
+    its schedule. With more (or fewer) --total-steps, the rate goes on from the value it
+    had, decaying to 0 at the new end; with a new --learning-rate, it starts from that."""
+    saved_config, saved = checkpoint["config"], checkpoint["schedule_start"]
+    start = (saved["iteration"], saved["learning_rate"])
+    if config.learning_rate != saved_config.learning_rate:
+        return checkpoint["iteration"], config.learning_rate
+    if config.num_iterations != saved_config.num_iterations or config.anneal_lr != saved_config.anneal_lr:
+        return checkpoint["iteration"], annealed_learning_rate(saved_config, checkpoint["iteration"], *start)
+    return start
 
 
 # ---------------------------------------------------------------------------------------
@@ -1171,6 +1243,10 @@ def restore_training(training: Training, checkpoint: dict, path: str, config: Co
 
 class TrainingDiverged(Exception):
     """A loss or weight became NaN or infinite."""
+
+
+class RunFolderUnwritable(Exception):
+    """Writing into the run folder failed: a full disk, a read-only or vanished folder."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -1187,9 +1263,103 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def single_spaces(config: Config) -> tuple[gym.Space, gym.Space]:
+    """One environment's spaces, from one copy (Atari's are fixed by the preprocessing)."""
+    if is_atari(config.env_id):
+        check_environment(config.env_id)
+        return gym.spaces.Box(0, 255, (3, 84, 84), np.uint8), gym.spaces.Discrete(18)
+    envs = make_environments(config, 1)
+    spaces = envs.single_observation_space, envs.single_action_space
+    envs.close()
+    return spaces
+
+
+def memory_needed(config: Config, observation_space: gym.Space, action_space: gym.Space) -> int:
+    """Bytes a run needs at least, estimated before anything is allocated: the rollout
+    buffer and its flattened copy, the weights with their gradients and Adam's two moments,
+    the activations of one minibatch, and the environments' own state."""
+    observation_bytes = math.prod(observation_space.shape) * (1 if len(observation_space.shape) == 3 else 4)
+    action_size = math.prod(action_space.shape) if action_space.shape else 1
+    per_step = observation_bytes + 8 * action_size + 4 * 4 + 3 * 4  # obs, action, log-prob, value; rewards, flags
+    buffer = 2 * config.batch_size * per_step
+    outputs = int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else action_size
+    if len(observation_space.shape) == 3:
+        # The cnn's linear layer dominates: at most one weight per pixel and feature.
+        features = CNN_LAYERS[config.cnn][1]
+        weights = math.prod(observation_space.shape[1:]) * features + 100_000 + features * (outputs + 1)
+        activations = 4 * config.minibatch_size * math.prod(observation_space.shape) * 4
+    else:
+        widths = config.hidden_sizes
+        heads = [(observation_space.shape[0], *widths, outputs), (observation_space.shape[0], *widths, 1)]
+        weights = sum(fan_in * fan_out + fan_out for sizes in heads for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+        activations = 3 * config.minibatch_size * sum(widths) * 4
+    environments = config.num_envs * (4_000_000 if is_atari(config.env_id) else 2 * observation_bytes + 1_000)
+    return buffer + 4 * 4 * weights + activations + environments
+
+
+def available_memory() -> typing.Optional[int]:
+    """Bytes of memory available now (Linux: MemAvailable), or None where it is unknown."""
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(config: Config) -> None:
+    """Refuse, before allocating, a configuration that cannot fit in memory."""
+    needed = memory_needed(config, *single_spaces(config))
+    available = available_memory()
+    if available is not None and needed > available:
+        raise UserError(f"this configuration needs about {needed / 2**30:,.1f} GiB of memory (rollout buffer of "
+                        f"{config.num_envs:,} environments x {config.num_steps:,} steps, networks of widths "
+                        f"{shown(config.hidden_sizes)}), more than the {available / 2**30:,.1f} GiB available; "
+                        "lower --num-envs, --num-steps or --hidden-sizes")
+
+
 def default_run_dir(config: Config) -> str:
     name = config.env_id.replace("/", "-")
     return os.path.join("runs", f"{name}-{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def claim_run_dir(config: Config, resume: typing.Optional[str]) -> tuple[str, bool]:
+    """The run's folder, and whether this call made it. A run writes only into a folder
+    that is new, empty, or its own: the folder of the checkpoint it resumes."""
+    own = (os.path.dirname(resume) or ".") if resume else None
+    run_dir = config.run_dir or own or default_run_dir(config)
+    if own is not None and os.path.realpath(run_dir) == os.path.realpath(own):
+        return run_dir, False
+    if os.path.exists(run_dir):
+        if not os.path.isdir(run_dir):
+            raise UserError(f"--run-dir {run_dir} is a file, not a folder; choose another --run-dir")
+        if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
+            raise UserError(f"{run_dir} already holds a run; continue it with --resume {os.path.join(run_dir, 'checkpoint.pt')}, "
+                            "or choose another --run-dir")
+        if os.listdir(run_dir):
+            raise UserError(f"{run_dir} is not empty, and a run writes only into a new or empty folder (or its own); "
+                            "choose another --run-dir")
+        return run_dir, False
+    try:
+        os.makedirs(run_dir)
+    except OSError as error:
+        raise UserError(f"cannot create the run folder {run_dir} ({error.strerror}); choose another --run-dir") from None
+    return run_dir, True
+
+
+def write_run_file(path: str, text: str) -> None:
+    """Replace a small file of the run folder atomically, like a checkpoint."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
 
 
 METRIC_COLUMNS = ("iteration", "global_step", "wall_seconds", "mean_return", "episodes", *LOSS_NAMES,
@@ -1199,13 +1369,23 @@ METRIC_COLUMNS = ("iteration", "global_step", "wall_seconds", "mean_return", "ep
 class MetricsLog:
     """One line per iteration on stdout, in metrics.csv and, if asked, in TensorBoard."""
 
-    def __init__(self, run_dir: str, tensorboard: bool, append: bool):
+    def __init__(self, run_dir: str, tensorboard: bool, keep_iterations: typing.Optional[int]):
+        """A new run starts metrics.csv afresh; a resumed one keeps the rows of the first
+        keep_iterations iterations (those its checkpoint holds) and appends after them, so
+        the file stays one row per iteration even after resuming from an older checkpoint."""
         path = os.path.join(run_dir, "metrics.csv")
-        write_header = not (append and os.path.exists(path))
-        self.file = open(path, "a" if append else "w", newline="")
+        kept: list[dict] = []
+        if keep_iterations is not None and os.path.exists(path):
+            with open(path, newline="") as file:
+                kept = [row for row in csv.DictReader(file) if row.get("iteration", "").isdigit()
+                        and int(row["iteration"]) <= keep_iterations]
+        lines = io.StringIO()
+        writer = csv.DictWriter(lines, fieldnames=METRIC_COLUMNS, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(kept)
+        write_run_file(path, lines.getvalue())
+        self.file = open(path, "a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=METRIC_COLUMNS)
-        if write_header:
-            self.writer.writeheader()
         self.tensorboard = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -1281,37 +1461,57 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
         check_compatible(checkpoint["config"], config, resume)
     if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
-    run_dir = config.run_dir or ((os.path.dirname(resume) or ".") if resume else default_run_dir(config))
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    if not resume and os.path.exists(checkpoint_path):
-        raise UserError(f"{run_dir} already holds a run; continue it with --resume {checkpoint_path}, or choose another --run-dir")
+    check_memory(config)
+    run_dir, created = claim_run_dir(config, resume)
     try:
-        os.makedirs(run_dir, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create the run folder {run_dir} ({error.strerror}); choose another --run-dir") from None
+        return train(config, device, run_dir, checkpoint, resume)
+    except BaseException:
+        if created and not os.listdir(run_dir):  # never leave an empty run folder behind
+            os.rmdir(run_dir)
+        raise
+
+
+def train(config: Config, device: torch.device, run_dir: str, checkpoint: typing.Optional[dict], resume: typing.Optional[str]) -> dict:
+    """The loop of ppo(), in a run folder that is this run's own."""
     if config.torch_threads > 0:
         torch.set_num_threads(config.torch_threads)
-
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     training = build_training(config, device)
-    start_iteration, global_step = restore_training(training, checkpoint, resume, config, device) if checkpoint else (0, 0)
-    with open(os.path.join(run_dir, "config.json"), "w") as file:
-        json.dump(dataclasses.asdict(config), file, indent=2)
-    log = MetricsLog(run_dir, config.tensorboard, append=bool(resume))
+    try:
+        start_iteration, global_step = restore_training(training, checkpoint, resume, config, device) if checkpoint else (0, 0)
+    except BaseException:
+        training.envs.close()
+        raise
+    schedule_start = resumed_schedule_start(checkpoint, config) if checkpoint else (0, config.learning_rate)
+
+    def diverged(iteration: int, what: str) -> TrainingDiverged:
+        advice = "lower --learning-rate or --max-grad-norm"
+        kept = (f"the last good checkpoint, {checkpoint_path}, is kept: resume from it with a {advice}"
+                if os.path.exists(checkpoint_path) else f"no checkpoint had been written yet; start again with a {advice}")
+        return TrainingDiverged(f"iteration {iteration + 1}: {what}; {kept}")
+
+    def save(completed_iterations: int) -> None:
+        save_checkpoint(checkpoint_path, checkpoint_state(training, config, completed_iterations, global_step, schedule_start, device))
 
     metrics: dict = {"global_step": global_step, "mean_return": float("nan")}
     status, completed, stop_signal = "finished", start_iteration, None
     start_time, start_step = time.time(), global_step
+    log = None
     try:
+        write_run_file(os.path.join(run_dir, "config.json"), json.dumps(dataclasses.asdict(config), indent=2))
+        log = MetricsLog(run_dir, config.tensorboard, keep_iterations=start_iteration if checkpoint else None)
         with StopSignals() as stop:
             for iteration in range(start_iteration, config.num_iterations):
-                learning_rate = annealed_learning_rate(config, iteration)
-                diagnostics = ppo_iteration(training, config, learning_rate)
+                learning_rate = annealed_learning_rate(config, iteration, *schedule_start)
+                try:
+                    diagnostics = ppo_iteration(training, config, learning_rate)
+                except RuntimeError as error:  # e.g. sampling from probabilities that overflowed
+                    if not any(word in str(error) for word in ("inf", "nan", "overflow")):
+                        raise
+                    raise diverged(iteration, f"the policy's probabilities became NaN or infinite ({str(error).splitlines()[0]})") from None
                 global_step += diagnostics.pop("environment_steps")
                 if not all_finite(training.agent, diagnostics):
-                    advice = "lower --learning-rate or --max-grad-norm"
-                    kept = (f"the last good checkpoint, {checkpoint_path}, is kept: resume from it with a {advice}"
-                            if os.path.exists(checkpoint_path) else f"no checkpoint had been written yet; start again with a {advice}")
-                    raise TrainingDiverged(f"iteration {iteration + 1}: a loss or weight became NaN or infinite; {kept}")
+                    raise diverged(iteration, "a loss or weight became NaN or infinite")
                 completed = iteration + 1
 
                 now = time.time()
@@ -1334,11 +1534,15 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
                 if solved or stop.received is not None:
                     break
                 if completed % config.save_every == 0:
-                    save_checkpoint(checkpoint_path, checkpoint_state(training, config, completed, global_step, device))
-        # Never reached after a NaN: the last good checkpoint stays.
-        save_checkpoint(checkpoint_path, checkpoint_state(training, config, completed, global_step, device))
+                    save(completed)
+        save(completed)  # never reached after a divergence: the last good checkpoint stays
+    except OSError as error:  # a full disk, a folder made read-only or removed under the run
+        raise RunFolderUnwritable(f"cannot write {error.filename or run_dir} ({error.strerror}); "
+                                  f"{'the last checkpoint, ' + checkpoint_path + ', is intact' if os.path.exists(checkpoint_path) else 'no checkpoint had been written yet'}; "
+                                  "free some space or choose another --run-dir") from None
     finally:
-        log.close()
+        if log:
+            log.close()
         training.envs.close()
     print(f"{status}: checkpoint saved to {checkpoint_path}")
     return {**metrics, "status": status, "signal": stop_signal, "checkpoint": checkpoint_path, "run_dir": run_dir}
@@ -1490,6 +1694,7 @@ def make_config(env: str = "CartPole", **overrides) -> Config:
 
 
 def main(argv: typing.Optional[list[str]] = None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is a KeyboardInterrupt
     arguments = vars(build_parser().parse_args(argv))
     resume, eval_path, watch_path = arguments.pop("resume", None), arguments.pop("eval", None), arguments.pop("watch", None)
     episodes = arguments.pop("episodes")
@@ -1513,7 +1718,7 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
         else:
             config = make_config(**arguments)
         metrics = ppo(config, resume=resume)
-    except (UserError, TrainingDiverged) as error:
+    except (UserError, TrainingDiverged, RunFolderUnwritable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UserError) else 1
     except KeyboardInterrupt:

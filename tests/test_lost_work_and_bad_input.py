@@ -1,0 +1,265 @@
+"""Nothing lost, nothing overwritten, one line for every bad input: each class of failure
+(README.md, "Running it") with its message, its exit status, and the files around it
+hashed before and after."""
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import ppo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cartpole(run_dir, **overrides):
+    settings = dict(seed=5, run_dir=str(run_dir), total_steps=2048, target_return=None, save_every=1)  # 4 iterations of 512
+    return ppo.make_config("CartPole", **{**settings, **overrides})
+
+
+def hashes(folder):
+    """Every file under a folder and the hash of its bytes."""
+    return {os.path.relpath(os.path.join(here, name), folder): hashlib.sha256(open(os.path.join(here, name), "rb").read()).hexdigest()
+            for here, _, names in os.walk(folder) for name in names}
+
+
+def one_error_line(capsys, message):
+    error = capsys.readouterr().err
+    assert message in error and error.startswith("error: ") and error.count("\n") == 1, error
+
+
+def iterations_in(metrics_csv):
+    return [int(line.split(",")[0]) for line in open(metrics_csv).read().splitlines()[1:]]
+
+
+# Work that is lost or written over ---------------------------------------------------------
+
+def test_resume_into_another_runs_folder_is_refused(tmp_path, capsys):
+    ppo.ppo(cartpole(tmp_path / "a", total_steps=1024))
+    ppo.ppo(cartpole(tmp_path / "b", total_steps=1024, seed=6))
+    before = hashes(tmp_path)
+    capsys.readouterr()
+    assert ppo.main(["--resume", str(tmp_path / "a" / "checkpoint.pt"), "--run-dir", str(tmp_path / "b"), "--total-steps", "2048"]) == 2
+    one_error_line(capsys, f"{tmp_path / 'b'} already holds a run")
+    assert hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize("files", [["config.json"], ["metrics.csv"], ["notes.txt"]])
+def test_a_new_run_writes_only_into_a_new_or_empty_folder(tmp_path, capsys, files):
+    for name in files:
+        (tmp_path / name).write_text("a user's file\n")
+    before = hashes(tmp_path)
+    assert ppo.main(["--run-dir", str(tmp_path)]) == 2
+    one_error_line(capsys, "is not empty, and a run writes only into a new or empty folder")
+    assert hashes(tmp_path) == before
+
+
+def test_the_current_folder_is_refused_when_it_holds_files(tmp_path, capsys, monkeypatch):
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert ppo.main(["--run-dir", "."]) == 2
+    one_error_line(capsys, "is not empty")
+    assert os.listdir(tmp_path) == ["config.json"]
+
+
+def test_an_empty_folder_is_taken_and_a_failed_start_leaves_no_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert ppo.ppo(cartpole(tmp_path / "empty", total_steps=1024))["status"] == "finished"
+    # An error after the folder was made (the checkpoint is another program's) removes it again.
+    assert ppo.main(["--run-dir", str(tmp_path / "new"), "--device", "cpu", "--env", "Blackjack-v1"]) == 2
+    assert not (tmp_path / "new").exists()
+
+
+def test_metrics_stay_one_row_per_iteration_after_resuming_an_older_checkpoint(tmp_path):
+    config = cartpole(tmp_path / "run", total_steps=1024)
+    ppo.ppo(config)
+    shutil.copy(tmp_path / "run" / "checkpoint.pt", tmp_path / "after-2.pt")
+    ppo.ppo(cartpole(tmp_path / "run"), resume=str(tmp_path / "run" / "checkpoint.pt"))
+    rows_of_first_resume = open(tmp_path / "run" / "metrics.csv").read().splitlines()
+    assert iterations_in(tmp_path / "run" / "metrics.csv") == [1, 2, 3, 4]
+    shutil.copy(tmp_path / "after-2.pt", tmp_path / "run" / "checkpoint.pt")  # back to iteration 2
+    ppo.ppo(cartpole(tmp_path / "run"), resume=str(tmp_path / "run" / "checkpoint.pt"))
+    assert iterations_in(tmp_path / "run" / "metrics.csv") == [1, 2, 3, 4]
+    rows = open(tmp_path / "run" / "metrics.csv").read().splitlines()
+    timings = {ppo.METRIC_COLUMNS.index("wall_seconds"), ppo.METRIC_COLUMNS.index("steps_per_second")}
+    def without_timings(row):
+        return [value for index, value in enumerate(row.split(",")) if index not in timings]
+    assert [without_timings(row) for row in rows] == [without_timings(row) for row in rows_of_first_resume]
+
+
+# Failures that end in one line, not a traceback ---------------------------------------------
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_last_one_and_leaves_no_temporary_file(tmp_path, capsys, monkeypatch):
+    ppo.ppo(cartpole(tmp_path, total_steps=1024))
+    before = hashes(tmp_path)
+    real_save = torch.save
+    def save_until_the_disk_is_full(state, path):
+        real_save(state, path)  # a partial file, as a full disk leaves it
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
+    capsys.readouterr()
+    assert ppo.main(["--resume", str(tmp_path / "checkpoint.pt"), "--total-steps", "2048"]) == 1
+    one_error_line(capsys, f"(No space left on device); the last checkpoint, {tmp_path / 'checkpoint.pt'}, is intact")
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+    assert hashes(tmp_path)["checkpoint.pt"] == before["checkpoint.pt"]
+
+
+def test_a_folder_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
+    real_open = open
+    def read_only(path, mode="r", *arguments, **keywords):
+        if str(path).startswith(str(tmp_path)) and any(flag in mode for flag in "wa"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, mode, *arguments, **keywords)
+    monkeypatch.setattr("builtins.open", read_only)
+    assert ppo.main(["--run-dir", str(tmp_path / "run"), "--total-steps", "1024"]) == 1
+    one_error_line(capsys, "(Read-only file system); no checkpoint had been written yet")
+
+
+@pytest.mark.parametrize("run_dir, message", [("/proc/self", "is not empty"), ("/dev/null", "is a file, not a folder")])
+def test_folders_that_are_not_a_run_folder_are_refused(capsys, run_dir, message):
+    assert ppo.main(["--run-dir", run_dir]) == 2
+    one_error_line(capsys, message)
+
+
+def test_probabilities_that_overflow_stop_as_a_divergence(tmp_path, monkeypatch):
+    original_update = ppo.update
+    def update_then_blow_up(agent, *arguments):
+        losses = original_update(agent, *arguments)
+        with torch.no_grad():
+            agent.actor.logits_net[-1].weight.fill_(3e38)  # finite, but the logits overflow to inf
+        return losses
+    monkeypatch.setattr(ppo, "update", update_then_blow_up)
+    with pytest.raises(ppo.TrainingDiverged, match="iteration 2: the policy's probabilities became NaN or infinite"):
+        ppo.ppo(cartpole(tmp_path))
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["iteration"] == 1
+
+
+def checkpoint_with(tmp_path, change):
+    metrics = ppo.ppo(cartpole(tmp_path, total_steps=1024))
+    checkpoint = torch.load(metrics["checkpoint"], weights_only=True)
+    change(checkpoint)
+    torch.save(checkpoint, metrics["checkpoint"])
+    return metrics["checkpoint"]
+
+
+def set_nan_weight(checkpoint):
+    checkpoint["model"]["critic.value_net.0.weight"][0, 0] = float("nan")
+
+
+def wrong_moment_shape(checkpoint):
+    checkpoint["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
+
+
+MALFORMED = [
+    (set_nan_weight, "holds NaN or infinite weights"),
+    (lambda c: c.pop("model"), "has no valid 'model' entry"),
+    (lambda c: c.pop("optimizer"), "has no valid 'optimizer' entry"),
+    (lambda c: c.pop("runner"), "has no valid 'runner' entry"),
+    (lambda c: c.pop("rng"), "has no valid 'rng' entry"),
+    (lambda c: c["runner"].pop("autoreset"), "has a damaged 'runner' entry"),
+    (lambda c: c.update(iteration="2"), "has no valid 'iteration' entry"),
+    (lambda c: c["config"].update(activation="gelu"), "holds an invalid config: --activation must be one of tanh, relu"),
+    (lambda c: c["config"].update(hidden_sizes="64"), "holds an invalid config: --hidden-sizes must be a list of integers"),
+    (lambda c: c["config"].update(env=5), "holds an invalid config: --env must be a string"),
+    (wrong_moment_shape, "has a damaged 'optimizer' entry"),
+    (lambda c: c["rng"].update(torch=torch.zeros(3)), "has a damaged 'rng' entry"),
+]
+
+
+@pytest.mark.parametrize("change, message", MALFORMED)
+def test_a_malformed_checkpoint_is_refused_in_one_line(tmp_path, capsys, change, message):
+    path = checkpoint_with(tmp_path, change)
+    before = hashes(tmp_path)
+    capsys.readouterr()
+    assert ppo.main(["--resume", path, "--total-steps", "2048"]) == 2
+    one_error_line(capsys, message)
+    assert hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize("flags", [
+    ["--hidden-sizes", "1000000000000"],
+    ["--num-steps", "1000000000", "--total-steps", "100000000000"],
+    ["--num-envs", "1000000000", "--total-steps", "100000000000", "--num-minibatches", "1"],
+])
+def test_sizes_that_cannot_fit_are_refused_from_the_estimate_before_allocating(tmp_path, capsys, monkeypatch, flags):
+    def no_allocation(*arguments, **keywords):
+        raise AssertionError("a configuration that cannot fit reached an allocation")
+    monkeypatch.setattr(ppo, "build_training", no_allocation)
+    assert ppo.main(flags + ["--run-dir", str(tmp_path / "run")]) == 2
+    one_error_line(capsys, "GiB of memory")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_estimate_is_small_for_the_presets():
+    for name in ppo.PRESETS:
+        config = ppo.make_config(name)
+        assert ppo.memory_needed(config, *ppo.single_spaces(config)) < 2**30
+
+
+def test_frames_too_small_for_the_cnn_are_refused_and_integer_vectors_are_taken():
+    config = ppo.make_config("CartPole")
+    with pytest.raises(ppo.UserError, match="frames of 16x16 are too small for the nature cnn"):
+        ppo.build_actor_critic(gym.spaces.Box(0, 255, (3, 16, 16), np.uint8), gym.spaces.Discrete(2), config)
+    vectors = gym.spaces.Box(0, 255, (4,), np.uint8)
+    agent = ppo.build_actor_critic(vectors, gym.spaces.Discrete(2), config)
+    observations = ppo.observation_tensor(np.zeros((2, 4), dtype=np.uint8), torch.device("cpu"))
+    assert observations.dtype == torch.float32 and agent.act(observations)[0].shape == (2,)
+
+
+# Wrong answers -------------------------------------------------------------------------------
+
+def test_a_rollout_of_one_step_is_refused(tmp_path, capsys):
+    assert ppo.main(["--env", "Pendulum", "--num-envs", "8", "--num-steps", "1", "--num-minibatches", "1",
+                     "--run-dir", str(tmp_path / "run")]) == 2
+    one_error_line(capsys, "--num-steps must be at least 2")
+
+
+def test_more_total_steps_on_resume_continue_the_learning_rate_without_a_jump(tmp_path, monkeypatch):
+    calls = {"count": 0}
+    original_update = ppo.update
+    def interrupt_after_two(*arguments):
+        calls["count"] += 1
+        if calls["count"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original_update(*arguments)
+    monkeypatch.setattr(ppo, "update", interrupt_after_two)
+    config = cartpole(tmp_path)  # 4 iterations planned, stopped after 2
+    first = ppo.ppo(config)
+    monkeypatch.setattr(ppo, "update", original_update)
+    ppo.ppo(cartpole(tmp_path, total_steps=4096), resume=first["checkpoint"])  # now 8 iterations
+    column = ppo.METRIC_COLUMNS.index("learning_rate")
+    rates = [float(line.split(",")[column]) for line in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+    rate = config.learning_rate
+    expected = [rate, rate * 0.75] + [rate * 0.5 * (1 - j / 6) for j in range(6)]
+    assert rates == pytest.approx(expected)
+    # A new --learning-rate on resume starts the decay from that rate.
+    ppo.ppo(cartpole(tmp_path, total_steps=6144, learning_rate=1e-3), resume=first["checkpoint"])
+    rates = [float(line.split(",")[column]) for line in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+    assert rates[8:] == pytest.approx([1e-3 * (1 - j / 4) for j in range(4)])
+
+
+def test_ctrl_c_during_eval_says_evaluation_stopped(tmp_path, capsys, monkeypatch):
+    metrics = ppo.ppo(cartpole(tmp_path, total_steps=1024))
+    def interrupted(*arguments, **keywords):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ppo, "evaluate", interrupted)
+    capsys.readouterr()
+    assert ppo.main(["--eval", metrics["checkpoint"]]) == 130
+    assert capsys.readouterr().err == "evaluation stopped\n"
+
+
+def test_ctrl_c_while_loading_exits_130_without_a_traceback(tmp_path):
+    process = subprocess.Popen([sys.executable, "ppo.py", "--run-dir", str(tmp_path / "run")], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # torch and gymnasium take about a second to import
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
