@@ -1577,7 +1577,11 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu")
     normalizer = None
     if config.normalize_observations:
         normalizer = ObservationNormalizer(envs.single_observation_space.shape, config.observation_clip)
-        load_statistics(normalizer.statistics, checkpoint["runner"]["observation_normalizer"])
+        try:
+            load_statistics(normalizer.statistics, checkpoint["runner"]["observation_normalizer"])
+        except (KeyError, TypeError, AttributeError):
+            envs.close()
+            raise UserError(f"{path} has a damaged 'runner' entry (no observation statistics); use another checkpoint of the run") from None
     continuous = isinstance(envs.single_action_space, gym.spaces.Box)
     returns: list[float] = []
     raw, _ = envs.reset(seed=config.seed + 10_000)

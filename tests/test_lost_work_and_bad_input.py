@@ -263,3 +263,14 @@ def test_ctrl_c_while_loading_exits_130_without_a_traceback(tmp_path):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in stderr, stderr
+
+
+def test_eval_of_a_checkpoint_without_its_observation_statistics_is_one_line(tmp_path, capsys):
+    config = ppo.make_config("Pendulum", num_envs=2, num_steps=64, total_steps=128, num_minibatches=2, run_dir=str(tmp_path))
+    path = ppo.ppo(config)["checkpoint"]
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["runner"]["observation_normalizer"] = None
+    torch.save(checkpoint, path)
+    capsys.readouterr()
+    assert ppo.main(["--eval", path]) == 2
+    one_error_line(capsys, "has a damaged 'runner' entry (no observation statistics)")
