@@ -901,6 +901,7 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
     whose policy has moved further than that from the one that collected the data.
     """
     batch_size = batch["advantages"].shape[0]
+    weights = list(agent.parameters())  # listed once: agent.parameters() walks every module
     totals = {name: torch.zeros((), device=batch["advantages"].device) for name in LOSS_NAMES}
     gradient_steps = 0
     for _ in range(config.update_epochs):
@@ -925,10 +926,10 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
             loss = ppo_loss(policy_loss, critic_loss, entropy, config.vf_coef, config.ent_coef)
             optimizer.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(agent.parameters(), config.max_grad_norm, foreach=True)
+            nn.utils.clip_grad_norm_(weights, config.max_grad_norm, foreach=True)
             optimizer.step()
             for name, value in zip(LOSS_NAMES, (policy_loss, critic_loss, entropy, kl,
-                                                clip_fraction(new_log_probs, old_log_probs, config.clip_coef))):
+                                                clip_fraction(new_log_probs.detach(), old_log_probs, config.clip_coef))):
                 totals[name] += value.detach()
             gradient_steps += 1
     return mean_losses(totals, gradient_steps)
