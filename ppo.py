@@ -16,7 +16,7 @@ Run:
     python ppo.py --env Pendulum             # continuous actions (Gaussian actor)
     python ppo.py --env Pong --device cuda   # Atari Pong from pixels
     python ppo.py --env Acrobot-v1           # any gymnasium id, with generic defaults
-    python ppo.py --resume runs/Pendulum-v1-1-<time>/checkpoint.pt --total-steps 400000
+    python ppo.py --resume runs/Pendulum-v1-1-<time>/checkpoint.pt --total-steps 400000 --learning-rate 2.5e-4
     python ppo.py --eval runs/CartPole-v1-1-<time>/checkpoint.pt --episodes 10
     python ppo.py --help                     # every flag, with its meaning and range
 
@@ -33,6 +33,7 @@ metrics log and signals, 11 `ppo()`, the training loop with logging, saving and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import difflib
@@ -118,7 +119,7 @@ class Config:
     torch_threads: int = option(0, "CPU threads for torch (0: torch's default); 1 is fastest for small mlps")
     target_return: typing.Optional[float] = option(None, "stop once the mean return of the last return_window episodes reaches this (none: never)")
     return_window: int = option(100, "episodes in the running mean of the return that is logged")
-    run_dir: typing.Optional[str] = option(None, "folder for config.json, metrics.csv and checkpoint.pt (default runs/<env>-<seed>-<time>)")
+    run_dir: typing.Optional[str] = option(None, "folder for config.json, metrics.csv and checkpoint.pt, new or empty; none: runs/<env>-<seed>-<time>")
     save_every: int = option(50, "write a checkpoint every this many iterations, and at the end")
     tensorboard: bool = option(False, "also write TensorBoard scalars to the run folder (needs the tensorboard package)")
 
@@ -544,7 +545,7 @@ def generalized_advantages(
     final observation of the episode when it ended at t, never a reset observation.
         delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)                     [PPO eq. 12]
         A_t     = sum_l (gamma * lambda)^l * delta_{t+l}                [GAE eq. 16]
-                = delta_t + gamma * lambda * A_{t+1}                    [PPO eq. 11]
+                = delta_t + gamma * lambda * A_{t+1}    (PPO eq. 11, computed backwards)
     Two endings are treated differently. After `terminated` (the pole fell) the episode
     has no future, so V(s_{t+1}) counts as 0. After a truncation (a time limit) the
     future exists but was not seen, so delta_t bootstraps from V(final observation).
@@ -948,8 +949,8 @@ def make_optimizer(agent: ActorCritic, config: Config) -> torch.optim.Adam:
 
 def annealed_learning_rate(config: Config, iteration: int, start_iteration: int = 0,
                            start_rate: typing.Optional[float] = None) -> float:
-    """alpha, decayed linearly to 0 over the run as in the PPO paper's Atari and MuJoCo
-    settings: from start_rate at start_iteration (by default config.learning_rate at 0) to 0
+    """alpha, decayed linearly to 0 over the run as in the PPO paper's Atari setting (its
+    MuJoCo setting keeps 3e-4): from start_rate at start_iteration (by default config.learning_rate at 0) to 0
     after the last iteration. The clip range epsilon is not annealed (the paper's Atari
     setting anneals it too; it made no measurable difference on the presets here)."""
     if not config.anneal_lr:
@@ -1068,6 +1069,15 @@ def runner_state(runner: Runner) -> dict:
 
 
 def restore_runner(runner: Runner, state: dict, reset_seed: int) -> None:
+    """Raises ValueError (or KeyError, TypeError) where the state does not fit this runner."""
+    num_envs = runner.envs.num_envs
+    shapes = {"raw_observations": (num_envs, *runner.envs.single_observation_space.shape),
+              "episode_returns": (num_envs,), "autoreset": (num_envs,)}
+    for name, shape in shapes.items():
+        if tuple(state[name].shape) != shape:
+            raise ValueError(f"{name} of shape {tuple(state[name].shape)}, not {shape}")
+    if not all(is_of_type(value, float) for value in state["recent_returns"]):
+        raise ValueError("recent_returns that are not numbers")
     if runner.observation_normalizer:
         load_statistics(runner.observation_normalizer.statistics, state["observation_normalizer"])
     if runner.reward_scaler:
@@ -1075,12 +1085,16 @@ def restore_runner(runner: Runner, state: dict, reset_seed: int) -> None:
         runner.reward_scaler.discounted_returns = state["reward_scaler"]["discounted_returns"].numpy().copy()
     runner.recent_returns.extend(state["recent_returns"])
     if state["environment"] is not None and environment_state(runner.envs) is not None:
+        current = environment_state(runner.envs)["arrays"]
+        if {name: tuple(array.shape) for name, array in state["environment"]["arrays"].items()} != {
+                name: tuple(array.shape) for name, array in current.items()}:
+            raise ValueError("environment arrays of other shapes")
         restore_environment_state(runner.envs, state["environment"])
         runner.raw_observations = state["raw_observations"].numpy().copy()
         runner.episode_returns = state["episode_returns"].numpy().copy()
         runner.autoreset = state["autoreset"].numpy().copy()
     else:
-        print("note: this environment's state cannot be saved; resumed episodes start from a fresh reset")
+        say("note: this environment's state cannot be saved; resumed episodes start from a fresh reset")
         runner.raw_observations, _ = runner.envs.reset(seed=reset_seed)
         runner.episode_returns[:], runner.autoreset[:] = 0.0, False
         if runner.reward_scaler:
@@ -1108,11 +1122,11 @@ def checkpoint_state(training: Training, config: Config, completed_iterations: i
                      schedule_start: tuple[int, float], device: torch.device) -> dict:
     """A dict of state dicts and plain values: loadable with weights_only, never a pickled module."""
     return {
-        "schedule_start": {"iteration": schedule_start[0], "learning_rate": schedule_start[1]},
+        "schedule_start": {"iteration": schedule_start[0], "learning_rate": float(schedule_start[1])},
         "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "env_id": config.env_id,
         "model": training.agent.state_dict(), "optimizer": training.optimizer.state_dict(),
         "runner": runner_state(training.runner), "iteration": completed_iterations, "global_step": global_step,
-        "kl_coef": training.kl_coef,
+        "kl_coef": float(training.kl_coef),
         "rng": {"torch": torch.get_rng_state(),  # on a GPU, sampling draws from its own generator
                 "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
     }
@@ -1151,7 +1165,7 @@ def load_checkpoint(path: str) -> dict:
         raise UserError(f"{path} is not a ppo.py checkpoint of format {CHECKPOINT_FORMAT}; use one written by this ppo.py")
     try:
         checkpoint["config"] = config_from_dict(checkpoint["config"])
-    except (KeyError, TypeError) as error:
+    except (KeyError, TypeError, ValueError) as error:
         raise UserError(f"{path} holds a config this ppo.py does not know ({error}); use a checkpoint written by this version") from None
     except UserError as error:
         raise UserError(f"{path} holds an invalid config: {error}") from None
@@ -1160,7 +1174,7 @@ def load_checkpoint(path: str) -> dict:
 
 
 # What ppo.py reads from a checkpoint, and the kind each entry must be.
-CHECKPOINT_ENTRIES = {"env_id": str, "model": dict, "optimizer": dict, "runner": dict, "rng": dict,
+CHECKPOINT_ENTRIES = {"model": dict, "optimizer": dict, "runner": dict, "rng": dict,
                       "iteration": int, "global_step": int, "kl_coef": float, "schedule_start": dict}
 RUNNER_ENTRIES = ("environment", "raw_observations", "episode_returns", "autoreset", "recent_returns",
                   "observation_normalizer", "reward_scaler")
@@ -1176,6 +1190,11 @@ def check_checkpoint_entries(checkpoint: dict, path: str) -> None:
     missing = [name for name in RUNNER_ENTRIES if name not in checkpoint["runner"]]
     if missing or checkpoint["iteration"] < 0 or checkpoint["global_step"] < 0:
         raise UserError(f"{path} has a damaged {'runner' if missing else 'iteration'!r} entry; use another checkpoint of the run")
+    schedule = checkpoint["schedule_start"]
+    if not (is_of_type(schedule.get("iteration"), int) and is_of_type(schedule.get("learning_rate"), float)
+            and 0 <= schedule["iteration"] <= checkpoint["iteration"] and schedule["learning_rate"] >= 0
+            and math.isfinite(checkpoint["kl_coef"]) and checkpoint["kl_coef"] > 0):
+        raise UserError(f"{path} has a damaged 'schedule_start' or 'kl_coef' entry; use another checkpoint of the run")
     weights = checkpoint["model"].values()
     if not all(isinstance(weight, torch.Tensor) and weight.is_floating_point() for weight in weights):
         raise UserError(f"{path} has a damaged 'model' entry; use another checkpoint of the run")
@@ -1220,7 +1239,8 @@ def restore_training(training: Training, checkpoint: dict, path: str, config: Co
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
         raise UserError(f"{path} has a damaged {part!r} entry ({type(error).__name__}); use another checkpoint of the run") from None
-    training.kl_coef = checkpoint["kl_coef"]
+    # beta goes on from its adapted value, unless the resume gives a new --kl-coef.
+    training.kl_coef = config.kl_coef if config.kl_coef != checkpoint["config"].kl_coef else checkpoint["kl_coef"]
     return checkpoint["iteration"], checkpoint["global_step"]
 
 
@@ -1233,13 +1253,26 @@ def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float
     if config.learning_rate != saved_config.learning_rate:
         return checkpoint["iteration"], config.learning_rate
     if config.num_iterations != saved_config.num_iterations or config.anneal_lr != saved_config.anneal_lr:
-        return checkpoint["iteration"], annealed_learning_rate(saved_config, checkpoint["iteration"], *start)
+        rate = annealed_learning_rate(saved_config, checkpoint["iteration"], *start)
+        if config.anneal_lr and rate == 0 and checkpoint["iteration"] < config.num_iterations:
+            raise UserError(f"this run's learning rate had decayed to 0 when it was saved, so more --total-steps "
+                            f"alone would not train; also give a --learning-rate (it began at {saved_config.learning_rate:g})")
+        return checkpoint["iteration"], rate
     return start
 
 
 # ---------------------------------------------------------------------------------------
 # 10. The run folder, the metrics log and signals
 # ---------------------------------------------------------------------------------------
+
+
+def say(text: str) -> None:
+    """Print a progress line. A closed terminal or pipe (`| head`, a hung-up ssh session)
+    must not stop the run before it saves, so a failed print is dropped."""
+    try:
+        print(text, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 class TrainingDiverged(Exception):
@@ -1284,22 +1317,27 @@ def memory_needed(config: Config, observation_space: gym.Space, action_space: gy
     per_step = observation_bytes + 8 * action_size + 4 * 4 + 3 * 4  # obs, action, log-prob, value; rewards, flags
     buffer = 2 * config.batch_size * per_step
     outputs = int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else action_size
+    # The KL penalty also runs the policy on the whole batch at once (the old distributions).
+    samples = config.batch_size if config.objective == "kl-penalty" else config.minibatch_size
     if len(observation_space.shape) == 3:
         # The cnn's linear layer dominates: at most one weight per pixel and feature.
         features = CNN_LAYERS[config.cnn][1]
         weights = math.prod(observation_space.shape[1:]) * features + 100_000 + features * (outputs + 1)
-        activations = 4 * config.minibatch_size * math.prod(observation_space.shape) * 4
+        activations = 4 * samples * math.prod(observation_space.shape) * 4
     else:
         widths = config.hidden_sizes
         heads = [(observation_space.shape[0], *widths, outputs), (observation_space.shape[0], *widths, 1)]
         weights = sum(fan_in * fan_out + fan_out for sizes in heads for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
-        activations = 3 * config.minibatch_size * sum(widths) * 4
+        activations = 3 * samples * sum(widths) * 4
     environments = config.num_envs * (4_000_000 if is_atari(config.env_id) else 2 * observation_bytes + 1_000)
     return buffer + 4 * 4 * weights + activations + environments
 
 
-def available_memory() -> typing.Optional[int]:
-    """Bytes of memory available now (Linux: MemAvailable), or None where it is unknown."""
+def available_memory(device: torch.device) -> typing.Optional[int]:
+    """Bytes of memory available now, or None where it is unknown: the GPU's free memory
+    for a CUDA device (the buffer and networks live there), else the host's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
     try:
         with open("/proc/meminfo") as file:
             for line in file:
@@ -1310,28 +1348,44 @@ def available_memory() -> typing.Optional[int]:
     return None
 
 
-def check_memory(config: Config) -> None:
+def check_memory(config: Config, device: torch.device) -> None:
     """Refuse, before allocating, a configuration that cannot fit in memory."""
     needed = memory_needed(config, *single_spaces(config))
-    available = available_memory()
+    available = available_memory(device)
     if available is not None and needed > available:
-        raise UserError(f"this configuration needs about {needed / 2**30:,.1f} GiB of memory (rollout buffer of "
+        raise UserError(f"this configuration needs about {needed / 2**30:,.1f} GiB of {device.type} memory (rollout buffer of "
                         f"{config.num_envs:,} environments x {config.num_steps:,} steps, networks of widths "
                         f"{shown(config.hidden_sizes)}), more than the {available / 2**30:,.1f} GiB available; "
                         "lower --num-envs, --num-steps or --hidden-sizes")
 
 
-def default_run_dir(config: Config) -> str:
-    name = config.env_id.replace("/", "-")
-    return os.path.join("runs", f"{name}-{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+def make_default_run_dir(config: Config) -> str:
+    """Make runs/<env>-<seed>-<time>, or <time>-2, -3, ... when two runs start within a second:
+    made exclusively, so two runs never share one."""
+    name = os.path.join("runs", f"{config.env_id.replace('/', '-')}-{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    for attempt in range(1, 1000):
+        run_dir = name if attempt == 1 else f"{name}-{attempt}"
+        try:
+            os.makedirs(run_dir)
+            return run_dir
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise UserError(f"cannot create the run folder {run_dir} ({error.strerror}); choose a --run-dir") from None
+    raise UserError(f"{name} and 998 numbered folders beside it exist already; choose a --run-dir")
 
 
 def claim_run_dir(config: Config, resume: typing.Optional[str]) -> tuple[str, bool]:
     """The run's folder, and whether this call made it. A run writes only into a folder
     that is new, empty, or its own: the folder of the checkpoint it resumes."""
     own = (os.path.dirname(resume) or ".") if resume else None
-    run_dir = config.run_dir or own or default_run_dir(config)
-    if own is not None and os.path.realpath(run_dir) == os.path.realpath(own):
+    if own is not None and os.path.basename(resume) != "checkpoint.pt" and not config.run_dir:
+        raise UserError(f"{resume} is not a run folder's checkpoint.pt, so its folder is not its run's; "
+                        "resume it into a new folder with --run-dir")
+    if not config.run_dir and not resume:
+        return make_default_run_dir(config), True
+    run_dir = config.run_dir or own
+    if own is not None and os.path.realpath(run_dir) == os.path.realpath(own) and os.path.basename(resume) == "checkpoint.pt":
         return run_dir, False
     if os.path.exists(run_dir):
         if not os.path.isdir(run_dir):
@@ -1348,6 +1402,19 @@ def claim_run_dir(config: Config, resume: typing.Optional[str]) -> tuple[str, bo
     except OSError as error:
         raise UserError(f"cannot create the run folder {run_dir} ({error.strerror}); choose another --run-dir") from None
     return run_dir, True
+
+
+@contextlib.contextmanager
+def run_folder_writes(run_dir: str, checkpoint_path: str):
+    """Writes into the run folder: a full disk, or a folder made read-only or removed under
+    the run, stops it with one line that says what is kept."""
+    try:
+        yield
+    except OSError as error:
+        kept = (f"the last checkpoint, {checkpoint_path}, is intact" if os.path.exists(checkpoint_path)
+                else "no checkpoint had been written yet")
+        raise RunFolderUnwritable(f"cannot write {error.filename or run_dir} ({error.strerror}); {kept}; "
+                                  "free some space or choose another --run-dir") from None
 
 
 def write_run_file(path: str, text: str) -> None:
@@ -1377,9 +1444,12 @@ class MetricsLog:
         path = os.path.join(run_dir, "metrics.csv")
         kept: list[dict] = []
         if keep_iterations is not None and os.path.exists(path):
-            with open(path, newline="") as file:
-                kept = [row for row in csv.DictReader(file) if row.get("iteration", "").isdigit()
-                        and int(row["iteration"]) <= keep_iterations]
+            try:
+                with open(path, newline="") as file:
+                    kept = [row for row in csv.DictReader(file) if (row.get("iteration") or "").isdigit()
+                            and int(row["iteration"]) <= keep_iterations]
+            except (UnicodeDecodeError, csv.Error):
+                raise UserError(f"{path} is not a metrics file that ppo.py wrote; move it out of the run folder") from None
         lines = io.StringIO()
         writer = csv.DictWriter(lines, fieldnames=METRIC_COLUMNS, restval="", extrasaction="ignore")
         writer.writeheader()
@@ -1399,11 +1469,11 @@ class MetricsLog:
             for name in METRIC_COLUMNS[2:]:
                 if row[name] != "":  # kl_coef is empty under the clip objective
                     self.tensorboard.add_scalar(name, row[name], row["global_step"])
-        print(f"iter {row['iteration']:>4}/{num_iterations} | step {row['global_step']:>9,} | "
-              f"{row['steps_per_second']:>6,.0f} sps | return {row['mean_return']:8.2f} ({row['episodes']} ep) | "
-              f"policy {row['policy_loss']:+.4f} value {row['value_loss']:.4f} entropy {row['entropy']:.3f} "
-              f"kl {row['approx_kl']:.4f} clip {row['clip_fraction']:.3f} ev {row['explained_variance']:+.2f}"
-              + (f" beta {row['kl_coef']:.3g}" if row["kl_coef"] != "" else ""), flush=True)
+        say(f"iter {row['iteration']:>4}/{num_iterations} | step {row['global_step']:>9,} | "
+            f"{row['steps_per_second']:>6,.0f} sps | return {row['mean_return']:8.2f} ({row['episodes']} ep) | "
+            f"policy {row['policy_loss']:+.4f} value {row['value_loss']:.4f} entropy {row['entropy']:.3f} "
+            f"kl {row['approx_kl']:.4f} clip {row['clip_fraction']:.3f} ev {row['explained_variance']:+.2f}"
+            + (f" beta {row['kl_coef']:.3g}" if row["kl_coef"] != "" else ""))
 
     def close(self) -> None:
         self.file.close()
@@ -1431,8 +1501,8 @@ class StopSignals:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = number
-        print(f"\n{signal.Signals(number).name}: finishing this iteration, then saving a checkpoint "
-              "(send it again to quit without saving)", flush=True)
+        say(f"\n{signal.Signals(number).name}: finishing this iteration, then saving a checkpoint "
+            "(send it again to quit without saving)")
 
     def __exit__(self, *exc):
         for number, handler in self.previous.items():
@@ -1462,7 +1532,7 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
         check_compatible(checkpoint["config"], config, resume)
     if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
-    check_memory(config)
+    check_memory(config, device)
     run_dir, created = claim_run_dir(config, resume)
     try:
         return train(config, device, run_dir, checkpoint, resume)
@@ -1492,22 +1562,24 @@ def train(config: Config, device: torch.device, run_dir: str, checkpoint: typing
         return TrainingDiverged(f"iteration {iteration + 1}: {what}; {kept}")
 
     def save(completed_iterations: int) -> None:
-        save_checkpoint(checkpoint_path, checkpoint_state(training, config, completed_iterations, global_step, schedule_start, device))
+        with run_folder_writes(run_dir, checkpoint_path):
+            save_checkpoint(checkpoint_path, checkpoint_state(training, config, completed_iterations, global_step, schedule_start, device))
 
     metrics: dict = {"global_step": global_step, "mean_return": float("nan")}
     status, completed, stop_signal = "finished", start_iteration, None
     start_time, start_step = time.time(), global_step
     log = None
     try:
-        write_run_file(os.path.join(run_dir, "config.json"), json.dumps(dataclasses.asdict(config), indent=2))
-        log = MetricsLog(run_dir, config.tensorboard, keep_iterations=start_iteration if checkpoint else None)
+        with run_folder_writes(run_dir, checkpoint_path):
+            log = MetricsLog(run_dir, config.tensorboard, keep_iterations=start_iteration if checkpoint else None)
+            write_run_file(os.path.join(run_dir, "config.json"), json.dumps(dataclasses.asdict(config), indent=2))
         with StopSignals() as stop:
             for iteration in range(start_iteration, config.num_iterations):
                 learning_rate = annealed_learning_rate(config, iteration, *schedule_start)
                 try:
                     diagnostics = ppo_iteration(training, config, learning_rate)
-                except RuntimeError as error:  # e.g. sampling from probabilities that overflowed
-                    if not any(word in str(error) for word in ("inf", "nan", "overflow")):
+                except RuntimeError as error:  # torch.multinomial on probabilities that overflowed
+                    if "probability tensor contains" not in str(error):
                         raise
                     raise diverged(iteration, f"the policy's probabilities became NaN or infinite ({str(error).splitlines()[0]})") from None
                 global_step += diagnostics.pop("environment_steps")
@@ -1524,28 +1596,25 @@ def train(config: Config, device: torch.device, run_dir: str, checkpoint: typing
                     "steps_per_second": (global_step - start_step) / max(now - start_time, 1e-9),
                     "learning_rate": learning_rate,
                 }
-                log.write(metrics, config.num_iterations)
+                with run_folder_writes(run_dir, checkpoint_path):
+                    log.write(metrics, config.num_iterations)
                 solved = (config.target_return is not None and len(recent) == config.return_window
                           and mean_return >= config.target_return)
                 if solved:
                     status = "solved"
-                    print(f"solved: mean return {mean_return:.1f} >= {config.target_return} over the last {config.return_window} episodes")
+                    say(f"solved: mean return {mean_return:.1f} >= {config.target_return} over the last {config.return_window} episodes")
                 if stop.received is not None:
                     status, stop_signal = "interrupted", stop.received
                 if solved or stop.received is not None:
                     break
                 if completed % config.save_every == 0:
                     save(completed)
-        save(completed)  # never reached after a divergence: the last good checkpoint stays
-    except OSError as error:  # a full disk, a folder made read-only or removed under the run
-        raise RunFolderUnwritable(f"cannot write {error.filename or run_dir} ({error.strerror}); "
-                                  f"{'the last checkpoint, ' + checkpoint_path + ', is intact' if os.path.exists(checkpoint_path) else 'no checkpoint had been written yet'}; "
-                                  "free some space or choose another --run-dir") from None
+            save(completed)  # never reached after a divergence: the last good checkpoint stays
     finally:
         if log:
             log.close()
         training.envs.close()
-    print(f"{status}: checkpoint saved to {checkpoint_path}")
+    say(f"{status}: checkpoint saved to {checkpoint_path}")
     return {**metrics, "status": status, "signal": stop_signal, "checkpoint": checkpoint_path, "run_dir": run_dir}
 
 

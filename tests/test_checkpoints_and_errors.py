@@ -294,7 +294,7 @@ def test_a_moved_run_resumes_beside_its_checkpoint_and_leaves_the_original_alone
     ppo.ppo(cartpole(tmp_path / "original", total_steps=1024))
     shutil.copytree(tmp_path / "original", tmp_path / "copy")
     before = folder_contents(tmp_path / "original")
-    assert ppo.main(["--resume", str(tmp_path / "copy" / "checkpoint.pt"), "--total-steps", "2048"]) == 0
+    assert ppo.main(["--resume", str(tmp_path / "copy" / "checkpoint.pt"), "--total-steps", "2048", "--learning-rate", "1e-3"]) == 0
     assert folder_contents(tmp_path / "original") == before
     assert torch.load(tmp_path / "copy" / "checkpoint.pt", weights_only=True)["iteration"] == 4
 
@@ -346,6 +346,6 @@ def test_help_groups_the_flags_by_family_and_shows_the_presets_values(capsys):
 def test_resume_from_inside_the_run_folder(tmp_path, monkeypatch):
     ppo.ppo(cartpole(tmp_path, total_steps=1024))
     monkeypatch.chdir(tmp_path)
-    assert ppo.main(["--resume", "checkpoint.pt", "--total-steps", "2048"]) == 0
+    assert ppo.main(["--resume", "checkpoint.pt", "--total-steps", "2048", "--learning-rate", "1e-3"]) == 0
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["iteration"] == 4
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "config.json", "metrics.csv"]

@@ -70,23 +70,55 @@ def test_the_current_folder_is_refused_when_it_holds_files(tmp_path, capsys, mon
     assert os.listdir(tmp_path) == ["config.json"]
 
 
-def test_an_empty_folder_is_taken_and_a_failed_start_leaves_no_folder(tmp_path, capsys):
+def test_an_empty_folder_is_taken_and_a_failed_start_removes_the_folder_it_made(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert ppo.ppo(cartpole(tmp_path / "empty", total_steps=1024))["status"] == "finished"
-    # An error after the folder was made (the checkpoint is another program's) removes it again.
-    assert ppo.main(["--run-dir", str(tmp_path / "new"), "--device", "cpu", "--env", "Blackjack-v1"]) == 2
+    checkpoint = torch.load(tmp_path / "empty" / "checkpoint.pt", weights_only=True)
+    checkpoint["runner"]["episode_returns"] = torch.zeros(3)  # found damaged only once the run has its folder
+    torch.save(checkpoint, tmp_path / "damaged.pt")
+    capsys.readouterr()
+    assert ppo.main(["--resume", str(tmp_path / "damaged.pt"), "--run-dir", str(tmp_path / "new"), "--total-steps", "2048"]) == 2
+    one_error_line(capsys, "has a damaged 'runner' entry")
     assert not (tmp_path / "new").exists()
 
 
+def test_a_checkpoint_that_is_not_its_folders_checkpoint_pt_needs_a_run_dir(tmp_path, capsys):
+    ppo.ppo(cartpole(tmp_path / "p", total_steps=1024))
+    ppo.ppo(cartpole(tmp_path / "q", total_steps=1024, seed=6))
+    shutil.copy(tmp_path / "q" / "checkpoint.pt", tmp_path / "p" / "other.pt")
+    before = hashes(tmp_path)
+    capsys.readouterr()
+    assert ppo.main(["--resume", str(tmp_path / "p" / "other.pt"), "--total-steps", "2048", "--learning-rate", "1e-3"]) == 2
+    one_error_line(capsys, "is not a run folder's checkpoint.pt")
+    assert hashes(tmp_path) == before
+    assert ppo.main(["--resume", str(tmp_path / "p" / "other.pt"), "--total-steps", "2048", "--learning-rate", "1e-3",
+                     "--run-dir", str(tmp_path / "r")]) == 0
+    assert iterations_in(tmp_path / "r" / "metrics.csv") == [3, 4]
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = ppo.make_config("CartPole")
+    first, second = ppo.make_default_run_dir(config), ppo.make_default_run_dir(config)
+    assert first != second and os.path.isdir(first) and os.path.isdir(second)
+
+
+def test_a_closed_output_does_not_stop_a_run_from_saving(tmp_path):
+    """`python ppo.py | head -c 300`: stdout closes early; the run still ends with a checkpoint."""
+    command = f"{sys.executable} ppo.py --run-dir {tmp_path / 'run'} --total-steps 8192 --target-return none | head -c 300"
+    finished = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in finished.stderr and "error" not in finished.stderr, finished.stderr
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["iteration"] == 16
+
+
 def test_metrics_stay_one_row_per_iteration_after_resuming_an_older_checkpoint(tmp_path):
-    config = cartpole(tmp_path / "run", total_steps=1024)
-    ppo.ppo(config)
+    ppo.ppo(cartpole(tmp_path / "run", total_steps=1024, anneal_lr=False))
     shutil.copy(tmp_path / "run" / "checkpoint.pt", tmp_path / "after-2.pt")
-    ppo.ppo(cartpole(tmp_path / "run"), resume=str(tmp_path / "run" / "checkpoint.pt"))
+    ppo.ppo(cartpole(tmp_path / "run", anneal_lr=False), resume=str(tmp_path / "run" / "checkpoint.pt"))
     rows_of_first_resume = open(tmp_path / "run" / "metrics.csv").read().splitlines()
     assert iterations_in(tmp_path / "run" / "metrics.csv") == [1, 2, 3, 4]
     shutil.copy(tmp_path / "after-2.pt", tmp_path / "run" / "checkpoint.pt")  # back to iteration 2
-    ppo.ppo(cartpole(tmp_path / "run"), resume=str(tmp_path / "run" / "checkpoint.pt"))
+    ppo.ppo(cartpole(tmp_path / "run", anneal_lr=False), resume=str(tmp_path / "run" / "checkpoint.pt"))
     assert iterations_in(tmp_path / "run" / "metrics.csv") == [1, 2, 3, 4]
     rows = open(tmp_path / "run" / "metrics.csv").read().splitlines()
     timings = {ppo.METRIC_COLUMNS.index("wall_seconds"), ppo.METRIC_COLUMNS.index("steps_per_second")}
@@ -106,7 +138,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_one_and_leaves_no_tempor
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
     monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
     capsys.readouterr()
-    assert ppo.main(["--resume", str(tmp_path / "checkpoint.pt"), "--total-steps", "2048"]) == 1
+    assert ppo.main(["--resume", str(tmp_path / "checkpoint.pt"), "--total-steps", "2048", "--learning-rate", "1e-3"]) == 1
     one_error_line(capsys, f"(No space left on device); the last checkpoint, {tmp_path / 'checkpoint.pt'}, is intact")
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
     assert hashes(tmp_path)["checkpoint.pt"] == before["checkpoint.pt"]
@@ -170,6 +202,10 @@ MALFORMED = [
     (lambda c: c["config"].update(hidden_sizes="64"), "holds an invalid config: --hidden-sizes must be a list of integers"),
     (lambda c: c["config"].update(env=5), "holds an invalid config: --env must be a string"),
     (wrong_moment_shape, "has a damaged 'optimizer' entry"),
+    (lambda c: c.update(schedule_start={}), "has a damaged 'schedule_start' or 'kl_coef' entry"),
+    (lambda c: c.update(config="abc"), "holds a config this ppo.py does not know"),
+    (lambda c: c["runner"].update(recent_returns=["a"]), "has a damaged 'runner' entry"),
+    (lambda c: c["runner"]["environment"]["arrays"].update(state=torch.zeros(2, 2)), "has a damaged 'runner' entry"),
     (lambda c: c["rng"].update(torch=torch.zeros(3)), "has a damaged 'rng' entry"),
 ]
 
@@ -194,7 +230,7 @@ def test_sizes_that_cannot_fit_are_refused_from_the_estimate_before_allocating(t
         raise AssertionError("a configuration that cannot fit reached an allocation")
     monkeypatch.setattr(ppo, "build_training", no_allocation)
     assert ppo.main(flags + ["--run-dir", str(tmp_path / "run")]) == 2
-    one_error_line(capsys, "GiB of memory")
+    one_error_line(capsys, "GiB of cpu memory")
     assert not (tmp_path / "run").exists()
 
 
@@ -274,3 +310,33 @@ def test_eval_of_a_checkpoint_without_its_observation_statistics_is_one_line(tmp
     capsys.readouterr()
     assert ppo.main(["--eval", path]) == 2
     one_error_line(capsys, "has a damaged 'runner' entry (no observation statistics)")
+
+
+def test_a_metrics_file_that_is_not_ppos_is_refused_on_resume(tmp_path, capsys):
+    ppo.ppo(cartpole(tmp_path, total_steps=1024))
+    (tmp_path / "metrics.csv").write_bytes(b"\xff\xfe not text")
+    before = hashes(tmp_path)
+    capsys.readouterr()
+    assert ppo.main(["--resume", str(tmp_path / "checkpoint.pt"), "--total-steps", "2048", "--learning-rate", "1e-3"]) == 2
+    one_error_line(capsys, "is not a metrics file that ppo.py wrote")
+    assert hashes(tmp_path) == before
+
+
+def test_a_run_whose_learning_rate_decayed_to_0_needs_a_new_one_to_go_on(tmp_path, capsys):
+    ppo.ppo(cartpole(tmp_path, total_steps=1024))
+    before = hashes(tmp_path)
+    capsys.readouterr()
+    assert ppo.main(["--resume", str(tmp_path / "checkpoint.pt"), "--total-steps", "2048"]) == 2
+    one_error_line(capsys, "had decayed to 0 when it was saved, so more --total-steps alone would not train")
+    assert hashes(tmp_path) == before
+
+
+def test_beta_resumes_from_its_adapted_value_or_from_a_new_kl_coef(tmp_path):
+    first = ppo.ppo(cartpole(tmp_path, total_steps=1024, objective="kl-penalty", kl_coef=1))  # an int is a valid float
+    saved = torch.load(first["checkpoint"], weights_only=True)["kl_coef"]
+    assert isinstance(saved, float) and saved != 1.0
+    column = ppo.METRIC_COLUMNS.index("kl_coef")
+    ppo.ppo(cartpole(tmp_path, total_steps=1536, objective="kl-penalty", kl_coef=1, anneal_lr=False), resume=first["checkpoint"])
+    assert float((tmp_path / "metrics.csv").read_text().splitlines()[3].split(",")[column]) == saved
+    ppo.ppo(cartpole(tmp_path, total_steps=2048, objective="kl-penalty", kl_coef=0.1, anneal_lr=False), resume=first["checkpoint"])
+    assert float((tmp_path / "metrics.csv").read_text().splitlines()[-1].split(",")[column]) == 0.1  # iteration 4

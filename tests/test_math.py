@@ -303,7 +303,7 @@ def test_target_kl_ends_the_whole_update_at_the_first_minibatch_past_it():
     # the moved policy, whose KL exceeds any tiny target: the update ends there, epochs left.
     losses = ppo.update(agent, optimizer, batch, dataclasses.replace(config, target_kl=1e-12))
     assert len(steps) == 1
-    assert losses["approx_kl"] == 0.0  # the mean over the one step taken, measured before it
+    assert losses["approx_kl"] < 1e-6  # the mean over the one step taken, measured before it (0 up to rounding)
     assert not torch.equal(agent.critic.value_net[0].weight, before.critic.value_net[0].weight)
     steps.clear()
     ppo.update(before, counting_optimizer(before, config, steps), batch, dataclasses.replace(config, target_kl=1e6))
