@@ -851,13 +851,14 @@ def value_loss(values, returns):
     return 0.5 * ((values - returns) ** 2).mean()
 
 
-def ppo_loss(clip_loss, critic_loss, entropy, vf_coef, ent_coef):
+def ppo_loss(policy_loss, critic_loss, entropy, vf_coef, ent_coef):
     """-L^{CLIP+VF+S} = -L^CLIP + c1 L^VF - c2 S[pi]                          [PPO eq. 9]
+    (with the KL penalty, policy_loss is -L^KLPEN in place of -L^CLIP)
 
     critic_loss is L^VF / 2, so vf_coef plays the part of 2 c1: the usual vf_coef = 0.5
     is the paper's c1 = 0.25 on the unhalved squared error.
     """
-    return clip_loss + vf_coef * critic_loss - ent_coef * entropy
+    return policy_loss + vf_coef * critic_loss - ent_coef * entropy
 
 
 def approx_kl(new_log_probs, old_log_probs):
@@ -889,13 +890,14 @@ def normalize(advantages):
 # 8. The update and one PPO iteration
 # ---------------------------------------------------------------------------------------
 
-LOSS_NAMES = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+UPDATE_DIAGNOSTICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
 
 
 def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], config: Config,
-           kl_coef: float = 0.0) -> dict[str, float]:
+           kl_coef: typing.Optional[float] = None) -> dict[str, float]:
     """K epochs of shuffled minibatch steps on -L^{CLIP+VF+S} [PPO Algorithm 1], or on the
-    KL-penalized objective with weight kl_coef (beta) in place of L^CLIP; returns the means
+    KL-penalized objective with weight kl_coef (beta; config.kl_coef if not given) in place
+    of L^CLIP; returns the means
     over all minibatch steps taken (not the last minibatch's values).
 
     With --target-kl, the whole update ends (not just the epoch) at the first minibatch
@@ -903,7 +905,7 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
     """
     batch_size = batch["advantages"].shape[0]
     weights = list(agent.parameters())  # listed once: agent.parameters() walks every module
-    totals = {name: torch.zeros((), device=batch["advantages"].device) for name in LOSS_NAMES}
+    totals = {name: torch.zeros((), device=batch["advantages"].device) for name in UPDATE_DIAGNOSTICS}
     gradient_steps = 0
     for _ in range(config.update_epochs):
         order = torch.randperm(batch_size, device=batch["advantages"].device)
@@ -920,7 +922,8 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
                 policy_loss = clipped_surrogate_loss(new_log_probs, old_log_probs, advantages, config.clip_coef)
             else:
                 exact_kl = agent.actor.kl_divergence(batch["old_distributions"][indices], distribution)
-                policy_loss = kl_penalty_loss(new_log_probs, old_log_probs, advantages, exact_kl, kl_coef)
+                policy_loss = kl_penalty_loss(new_log_probs, old_log_probs, advantages, exact_kl,
+                                              config.kl_coef if kl_coef is None else kl_coef)
             critic_loss = value_loss(values, batch["returns"][indices])
             # With c2 = 0 the entropy is only a diagnostic: detached, backward skips its graph.
             entropy = entropy.mean() if config.ent_coef > 0 else entropy.detach().mean()
@@ -929,7 +932,7 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
             loss.backward()
             nn.utils.clip_grad_norm_(weights, config.max_grad_norm, foreach=True)
             optimizer.step()
-            for name, value in zip(LOSS_NAMES, (policy_loss, critic_loss, entropy, kl,
+            for name, value in zip(UPDATE_DIAGNOSTICS, (policy_loss, critic_loss, entropy, kl,
                                                 clip_fraction(new_log_probs.detach(), old_log_probs, config.clip_coef))):
                 totals[name] += value.detach()
             gradient_steps += 1
@@ -1430,7 +1433,7 @@ def write_run_file(path: str, text: str) -> None:
         raise
 
 
-METRIC_COLUMNS = ("iteration", "global_step", "wall_seconds", "mean_return", "episodes", *LOSS_NAMES,
+METRIC_COLUMNS = ("iteration", "global_step", "wall_seconds", "mean_return", "episodes", *UPDATE_DIAGNOSTICS,
                   "explained_variance", "steps_per_second", "learning_rate", "kl_coef")
 
 
