@@ -1382,14 +1382,15 @@ def make_default_run_dir(config: Config) -> str:
 def claim_run_dir(config: Config, resume: typing.Optional[str]) -> tuple[str, bool]:
     """The run's folder, and whether this call made it. A run writes only into a folder
     that is new, empty, or its own: the folder of the checkpoint it resumes."""
-    own = (os.path.dirname(resume) or ".") if resume else None
-    if own is not None and os.path.basename(resume) != "checkpoint.pt" and not config.run_dir:
+    owns_its_folder = resume is not None and os.path.basename(resume) == "checkpoint.pt"
+    own = (os.path.dirname(resume) or ".") if owns_its_folder else None
+    if resume and not owns_its_folder and not config.run_dir:
         raise UserError(f"{resume} is not a run folder's checkpoint.pt, so its folder is not its run's; "
                         "resume it into a new folder with --run-dir")
     if not config.run_dir and not resume:
         return make_default_run_dir(config), True
     run_dir = config.run_dir or own
-    if own is not None and os.path.realpath(run_dir) == os.path.realpath(own) and os.path.basename(resume) == "checkpoint.pt":
+    if own is not None and os.path.realpath(run_dir) == os.path.realpath(own):
         return run_dir, False
     if os.path.exists(run_dir):
         if not os.path.isdir(run_dir):

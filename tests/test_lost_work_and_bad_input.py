@@ -90,6 +90,9 @@ def test_a_checkpoint_that_is_not_its_folders_checkpoint_pt_needs_a_run_dir(tmp_
     capsys.readouterr()
     assert ppo.main(["--resume", str(tmp_path / "p" / "other.pt"), "--total-steps", "2048", "--learning-rate", "1e-3"]) == 2
     one_error_line(capsys, "is not a run folder's checkpoint.pt")
+    assert ppo.main(["--resume", str(tmp_path / "p" / "other.pt"), "--total-steps", "2048", "--learning-rate", "1e-3",
+                     "--run-dir", str(tmp_path / "p")]) == 2  # its own folder by name only: another run's
+    one_error_line(capsys, "already holds a run")
     assert hashes(tmp_path) == before
     assert ppo.main(["--resume", str(tmp_path / "p" / "other.pt"), "--total-steps", "2048", "--learning-rate", "1e-3",
                      "--run-dir", str(tmp_path / "r")]) == 0
