@@ -19,15 +19,17 @@ Run:
     python ppo.py --resume runs/Pendulum-v1-1-<time>/checkpoint.pt --total-steps 400000 --learning-rate 2.5e-4
     python ppo.py --eval runs/CartPole-v1-1-<time>/checkpoint.pt --episodes 10
     python ppo.py --help                     # every flag, with its meaning and range
+    torchrun --standalone --nproc-per-node 2 ppo.py --env CartPole   # 2 processes, data-parallel
 
 The file has two parts.
 Part I, the algorithm, uses no tooling: 1 configuration, 2 networks (mlp, cnn,
-FramePreStacking), 3 actors and critic, 4 rollout buffer and GAE, 5 running normalization,
-6 environments and the runner that collects rollouts, 7 the losses, 8 the update and one
+FramePreStacking), 3 actors and critic, 4 rollout buffer and GAE, 5 the sums over
+processes that keep several of them one learner (torchrun), 6 running normalization,
+7 environments and the runner that collects rollouts, 8 the losses, 9 the update and one
 PPO iteration. A reader who stops there has read all of PPO.
-Part II runs it as a tool: 9 checkpoints and saved environment state, 10 the run folder,
-metrics log and signals, 11 `ppo()`, the training loop with logging, saving and stopping,
-12 evaluation, 13 the command line.
+Part II runs it as a tool: 10 checkpoints and saved environment state, 11 the run folder,
+metrics log and signals, 12 `ppo()`, the training loop with logging, saving and stopping,
+13 evaluation, 14 the command line.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ if __name__ == "__main__":  # Ctrl-C while torch loads: stop quietly; main() the
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.distributed as dist
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 from torch import nn
 
@@ -619,8 +622,107 @@ class PPOBuffer:
 
 
 # ---------------------------------------------------------------------------------------
-# 5. Running normalization (continuous control)
+# 5. Several processes: sums over ranks (data parallelism)
 # ---------------------------------------------------------------------------------------
+# Under `torchrun`, K processes ("ranks") each step N / K of the environments and hold
+# their share of every batch. They stay one learner by agreeing wherever PPO takes a mean
+# over the batch: the gradient, the advantage statistics, the normalizers' statistics and
+# the episode returns. Each helper below is the identity in a single process, so one
+# process runs exactly the code it would run without them.
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The elementwise sum of `tensor` over all ranks (every rank gets the same result)."""
+    if world_size() == 1:
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total)
+    return total
+
+
+def gathered(items: list) -> list:
+    """Every rank's list, concatenated in rank order, on every rank."""
+    if world_size() == 1:
+        return items
+    lists: list = [None] * world_size()
+    dist.all_gather_object(lists, items)
+    return [item for part in lists for item in part]
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The mean of `values` joined over all ranks."""
+    if world_size() == 1:
+        return values.mean()
+    count_and_sum = sum_over_ranks(torch.stack((torch.tensor(float(values.numel()), device=values.device), values.sum())))
+    return count_and_sum[1] / count_and_sum[0]
+
+
+def minibatch_statistics(advantages: torch.Tensor, minibatches: list[torch.Tensor]) -> typing.Optional[list]:
+    """For each minibatch of an epoch (indices into this rank's batch): this rank's share of
+    it, n_r K / n, and the mean and std of its advantages over all ranks. A loss (a mean
+    over n_r samples) weighted by the share and averaged over ranks is the mean over all n
+    samples, even where the parts differ in size. None in one process, where every
+    minibatch is whole. One all-reduce serves the whole epoch."""
+    if world_size() == 1:
+        return None
+    device = advantages.device
+    sums = sum_over_ranks(torch.stack([  # (M, 3): n, sum and sum of squares, in float64
+        torch.stack((torch.tensor(float(len(indices)), dtype=torch.float64, device=device), part.sum(), (part * part).sum()))
+        for indices in minibatches for part in [advantages[indices].double()]]))
+    counts, totals, squares = sums.unbind(1)
+    means = totals / counts
+    stds = ((squares - counts * means**2) / (counts - 1)).clamp(min=0).sqrt()
+    shares = [len(indices) * world_size() / count for indices, count in zip(minibatches, counts.tolist())]
+    return list(zip(shares, means.float(), stds.float()))
+
+
+def same_weights_as_rank_0(module: nn.Module) -> None:
+    """Copy rank 0's weights to every rank (the same seed makes them equal already; this
+    makes it so whatever the random number generator of each machine does)."""
+    for tensor in module.state_dict().values():
+        if world_size() > 1:
+            dist.broadcast(tensor, src=0)
+
+
+def average_gradients(weights: list[torch.Tensor]) -> None:
+    """Replace each gradient by its mean over ranks: one all-reduce of all gradients
+    flattened into one vector, which is what DistributedDataParallel does in buckets."""
+    if world_size() == 1:
+        return
+    gradients = [weight.grad for weight in weights]
+    flat = torch.cat([gradient.reshape(-1) for gradient in gradients])  # (number of weights,)
+    dist.all_reduce(flat)
+    flat /= world_size()
+    for gradient, piece in zip(gradients, flat.split([gradient.numel() for gradient in gradients])):
+        gradient.copy_(piece.view_as(gradient))
+
+
+# ---------------------------------------------------------------------------------------
+# 6. Running normalization (continuous control)
+# ---------------------------------------------------------------------------------------
+
+
+def batch_moments(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean, variance and size of a batch (B, *shape) joined over all ranks' batches, so
+    that every rank's normalizer holds the same statistics."""
+    shape, count = batch.shape[1:], batch.shape[0]
+    if world_size() == 1 and count > 0:
+        return batch.mean(axis=0), batch.var(axis=0), count
+    sums = sum_over_ranks(torch.from_numpy(np.append(batch.sum(axis=0, dtype=np.float64), count)))
+    count = int(sums[-1])
+    if count == 0:
+        return np.zeros(shape), np.ones(shape), 0
+    mean = (sums[:-1] / count).numpy().reshape(shape)
+    squares = sum_over_ranks(torch.from_numpy(np.asarray(((batch - mean) ** 2).sum(axis=0), dtype=np.float64).reshape(-1)))
+    return mean, (squares / count).numpy().reshape(shape), count
 
 
 class RunningMeanStd:
@@ -632,9 +734,9 @@ class RunningMeanStd:
         self.count = 0
 
     def update(self, batch: np.ndarray) -> None:
-        if batch.shape[0] == 0:  # e.g. every environment is on its autoreset step
+        batch_mean, batch_var, batch_count = batch_moments(batch)
+        if batch_count == 0:  # e.g. every environment is on its autoreset step
             return
-        batch_mean, batch_var, batch_count = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
         total = self.count + batch_count
         delta = batch_mean - self.mean
         self.mean = self.mean + delta * batch_count / total
@@ -675,7 +777,7 @@ class RewardScaler:
 
 
 # ---------------------------------------------------------------------------------------
-# 6. Environments and the runner
+# 7. Environments and the runner
 # ---------------------------------------------------------------------------------------
 
 
@@ -764,7 +866,11 @@ class Runner:
         self.episode_returns = np.zeros(num_envs)  # unscaled and unclipped: the game score
         self.autoreset = np.zeros(num_envs, dtype=bool)  # True where the next step only resets
         self.recent_returns: deque = deque(maxlen=config.return_window)
-        self.raw_observations, _ = envs.reset(seed=config.seed)
+        # Rank r seeds its N_r = N / K environments from seed + r N_r. Environments seeded
+        # one by one (the i-th with seed + i) are then those one process of N would step; a
+        # numpy-vectorized one (CartPole) draws all its copies from one generator, seeded
+        # differently on each rank.
+        self.raw_observations, _ = envs.reset(seed=config.seed + rank() * num_envs)
         self.observations = self.network_input(self.raw_observations, update_statistics=True)
 
     def network_input(self, raw: np.ndarray, update_statistics: bool) -> torch.Tensor:
@@ -775,9 +881,9 @@ class Runner:
 
     @torch.no_grad()
     def collect(self, agent: ActorCritic, buffer: PPOBuffer) -> tuple[int, torch.Tensor]:
-        """Fill the buffer with T steps; return the number of real environment steps and
-        V(s_T) of the observations after the last step (N,), for bootstrapping."""
-        environment_steps = 0
+        """Fill the buffer with T steps; return the number of real environment steps (of
+        all ranks) and V(s_T) of the observations after the last step (N,), for bootstrapping."""
+        environment_steps, finished_returns = 0, []
         for t in range(self.config.num_steps):
             actions, log_probs, values = agent.act(self.observations)
             # The buffer keeps the sampled action and its log-prob; only what is sent to
@@ -787,8 +893,7 @@ class Runner:
             valid = ~self.autoreset  # the step after an ending only resets: no transition
             episode_ended = terminated | truncated
             self.episode_returns += rewards
-            for index in np.flatnonzero(episode_ended):
-                self.recent_returns.append(float(self.episode_returns[index]))
+            finished_returns += [float(self.episode_returns[index]) for index in np.flatnonzero(episode_ended)]
             self.episode_returns[episode_ended] = 0.0
             if self.config.clip_rewards:
                 rewards = np.sign(rewards)
@@ -798,11 +903,12 @@ class Runner:
             self.raw_observations, self.autoreset = raw_next, episode_ended
             self.observations = self.network_input(raw_next, update_statistics=True)
             environment_steps += int(valid.sum())
-        return environment_steps, agent.value(self.observations)
+        self.recent_returns.extend(gathered(finished_returns))  # every rank logs every rank's episodes
+        return int(sum_over_ranks(torch.tensor(environment_steps))), agent.value(self.observations)
 
 
 # ---------------------------------------------------------------------------------------
-# 7. The losses
+# 8. The losses
 # ---------------------------------------------------------------------------------------
 
 
@@ -881,14 +987,17 @@ def explained_variance(values, returns):
     return float("nan") if variance == 0 else float(1.0 - (returns - values).var() / variance)
 
 
-def normalize(advantages):
-    """Zero mean, unit std over one minibatch. Not in the paper: an implementation detail
-    of its code (OpenAI baselines) that keeps the step size independent of reward scale."""
-    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+def normalize(advantages, mean=None, std=None):
+    """Zero mean, unit std over one minibatch (given mean and std: those of all ranks' parts
+    of it). Not in the paper: an implementation detail of its code (OpenAI baselines) that
+    keeps the step size independent of reward scale."""
+    if mean is None:
+        mean, std = advantages.mean(), advantages.std()
+    return (advantages - mean) / (std + 1e-8)
 
 
 # ---------------------------------------------------------------------------------------
-# 8. The update and one PPO iteration
+# 9. The update and one PPO iteration
 # ---------------------------------------------------------------------------------------
 
 UPDATE_DIAGNOSTICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
@@ -910,15 +1019,18 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
     gradient_steps = 0
     for _ in range(config.update_epochs):
         order = torch.randperm(batch_size, device=batch["advantages"].device)
-        for indices in torch.tensor_split(order, config.num_minibatches):
+        minibatches = torch.tensor_split(order, config.num_minibatches)
+        statistics = minibatch_statistics(batch["advantages"], minibatches)  # section 5; None in one process
+        for number, indices in enumerate(minibatches):
+            share, mean, std = statistics[number] if statistics else (1.0, None, None)
             new_log_probs, entropy, values, distribution = agent.evaluate(batch["observations"][indices], batch["actions"][indices])
             old_log_probs = batch["log_probs"][indices]
             kl = approx_kl(new_log_probs.detach(), old_log_probs)
-            if config.target_kl is not None and kl.item() > config.target_kl:
+            if config.target_kl is not None and sum_over_ranks(kl * share).item() / world_size() > config.target_kl:
                 return mean_losses(totals, gradient_steps)  # early stop: the policy moved far enough
             advantages = batch["advantages"][indices]
             if config.normalize_advantages:
-                advantages = normalize(advantages)
+                advantages = normalize(advantages, mean, std)
             if config.objective == "clip":
                 policy_loss = clipped_surrogate_loss(new_log_probs, old_log_probs, advantages, config.clip_coef)
             else:
@@ -930,7 +1042,8 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
             entropy = entropy.mean() if config.ent_coef > 0 else entropy.detach().mean()
             loss = ppo_loss(policy_loss, critic_loss, entropy, config.vf_coef, config.ent_coef)
             optimizer.zero_grad()
-            loss.backward()
+            (loss if share == 1.0 else loss * share).backward()
+            average_gradients(weights)  # so every rank takes the same step
             nn.utils.clip_grad_norm_(weights, config.max_grad_norm, foreach=True)
             optimizer.step()
             for name, value in zip(UPDATE_DIAGNOSTICS, (policy_loss, critic_loss, entropy, kl,
@@ -941,6 +1054,8 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
 
 
 def mean_losses(totals: dict[str, torch.Tensor], gradient_steps: int) -> dict[str, float]:
+    """Means over the gradient steps and over ranks."""
+    totals = dict(zip(totals, sum_over_ranks(torch.stack(list(totals.values()))) / world_size()))
     return {name: total.item() / max(gradient_steps, 1) for name, total in totals.items()}
 
 
@@ -979,10 +1094,15 @@ class Training:
 
 
 def build_training(config: Config, device: torch.device) -> Training:
+    """A run's parts; with K ranks, this rank's N / K environments and its part of the buffer."""
     torch.manual_seed(config.seed)  # the network initialization and every sample drawn after it
-    envs = make_environments(config, config.num_envs)
+    num_envs = config.num_envs // world_size()
+    envs = make_environments(config, num_envs)
     agent = build_actor_critic(envs.single_observation_space, envs.single_action_space, config).to(device)
-    buffer = PPOBuffer(config.num_steps, config.num_envs, envs.single_observation_space, envs.single_action_space, device)
+    same_weights_as_rank_0(agent)
+    if rank() > 0:  # each rank draws its own samples: seeds above 2**32 are no other run's
+        torch.manual_seed(config.seed + rank() * 2**32)
+    buffer = PPOBuffer(config.num_steps, num_envs, envs.single_observation_space, envs.single_action_space, device)
     return Training(envs, agent, make_optimizer(agent, config), buffer, Runner(envs, config, device), config.kl_coef)
 
 
@@ -1002,7 +1122,7 @@ def ppo_iteration(training: Training, config: Config, learning_rate: float) -> d
     if config.objective == "kl-penalty":
         with torch.no_grad():
             distribution = training.agent.actor(training.agent.encoder(batch["observations"]))
-            mean_kl = training.agent.actor.kl_divergence(batch["old_distributions"], distribution).mean().item()
+            mean_kl = mean_over_ranks(training.agent.actor.kl_divergence(batch["old_distributions"], distribution)).item()
         training.kl_coef = adapted_kl_coef(kl_coef, mean_kl, config.kl_penalty_target)
     return {"environment_steps": environment_steps, **losses,
             "explained_variance": explained_variance(batch["values"], batch["returns"]),
@@ -1024,7 +1144,7 @@ def old_distributions(agent: ActorCritic, observations: torch.Tensor) -> torch.T
 # =======================================================================================
 
 # ---------------------------------------------------------------------------------------
-# 9. Checkpoints and saved environment state
+# 10. Checkpoints and saved environment state
 # ---------------------------------------------------------------------------------------
 
 # Vector environments whose whole state is numpy arrays plus one random generator.
@@ -1108,7 +1228,7 @@ def restore_runner(runner: Runner, state: dict, reset_seed: int) -> None:
     runner.observations = runner.network_input(runner.raw_observations, update_statistics=False)
 
 
-CHECKPOINT_FORMAT = 2  # 2: the optimizer state is torch.optim.Adam's
+CHECKPOINT_FORMAT = 3  # 2: the optimizer state is torch.optim.Adam's; 3: the state of every rank
 # Fields that decide the shapes of the networks and of the saved state: a checkpoint is
 # only resumable if they agree.
 FIXED_ON_RESUME = ("env", "hidden_sizes", "activation", "cnn", "normalize_observations",
@@ -1124,15 +1244,20 @@ def as_flag(name: str, value) -> str:
 
 def checkpoint_state(training: Training, config: Config, completed_iterations: int, global_step: int,
                      schedule_start: tuple[int, float], device: torch.device) -> dict:
-    """A dict of state dicts and plain values: loadable with weights_only, never a pickled module."""
+    """A dict of state dicts and plain values: loadable with weights_only, never a pickled module.
+    Called on every rank: the runner and random state are each rank's own, so rank 0's go
+    to "runner" and "rng", and those of ranks 1 to K - 1 to "other_ranks"."""
+    ranks = gathered([{
+        "runner": runner_state(training.runner),
+        "rng": {"torch": torch.get_rng_state(),  # on a GPU, sampling draws from its own generator
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+    }])
     return {
         "schedule_start": {"iteration": schedule_start[0], "learning_rate": float(schedule_start[1])},
         "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "env_id": config.env_id,
         "model": training.agent.state_dict(), "optimizer": training.optimizer.state_dict(),
-        "runner": runner_state(training.runner), "iteration": completed_iterations, "global_step": global_step,
-        "kl_coef": float(training.kl_coef),
-        "rng": {"torch": torch.get_rng_state(),  # on a GPU, sampling draws from its own generator
-                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        "iteration": completed_iterations, "global_step": global_step, "kl_coef": float(training.kl_coef),
+        **ranks[0], "other_ranks": ranks[1:],
     }
 
 
@@ -1165,8 +1290,10 @@ def load_checkpoint(path: str) -> dict:
     except Exception as error:
         raise UserError(f"{path} is not a readable checkpoint ({type(error).__name__}); "
                         "it may be truncated or from another program; use one written by ppo.py") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not a ppo.py checkpoint of format {CHECKPOINT_FORMAT}; use one written by this ppo.py")
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") not in (2, CHECKPOINT_FORMAT):
+        raise UserError(f"{path} is not a ppo.py checkpoint of format 2 or {CHECKPOINT_FORMAT}; use one written by this ppo.py")
+    if checkpoint["format"] == 2:  # written before torchrun: by one process
+        checkpoint["other_ranks"] = []
     try:
         checkpoint["config"] = config_from_dict(checkpoint["config"])
     except (KeyError, TypeError, ValueError) as error:
@@ -1178,7 +1305,7 @@ def load_checkpoint(path: str) -> dict:
 
 
 # What ppo.py reads from a checkpoint, and the kind each entry must be.
-CHECKPOINT_ENTRIES = {"model": dict, "optimizer": dict, "runner": dict, "rng": dict,
+CHECKPOINT_ENTRIES = {"model": dict, "optimizer": dict, "runner": dict, "rng": dict, "other_ranks": list,
                       "iteration": int, "global_step": int, "kl_coef": float, "schedule_start": dict}
 RUNNER_ENTRIES = ("environment", "raw_observations", "episode_returns", "autoreset", "recent_returns",
                   "observation_normalizer", "reward_scaler")
@@ -1191,7 +1318,11 @@ def check_checkpoint_entries(checkpoint: dict, path: str) -> None:
         value = checkpoint.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise UserError(f"{path} has no valid {name!r} entry, so it is damaged; use another checkpoint of the run")
-    missing = [name for name in RUNNER_ENTRIES if name not in checkpoint["runner"]]
+    ranks = [checkpoint, *checkpoint["other_ranks"]]
+    if not all(isinstance(state, dict) and isinstance(state.get("runner"), dict) and isinstance(state.get("rng"), dict)
+               for state in ranks):
+        raise UserError(f"{path} has a damaged 'other_ranks' entry; use another checkpoint of the run")
+    missing = [name for state in ranks for name in RUNNER_ENTRIES if name not in state["runner"]]
     if missing or checkpoint["iteration"] < 0 or checkpoint["global_step"] < 0:
         raise UserError(f"{path} has a damaged {'runner' if missing else 'iteration'!r} entry; use another checkpoint of the run")
     schedule = checkpoint["schedule_start"]
@@ -1207,7 +1338,12 @@ def check_checkpoint_entries(checkpoint: dict, path: str) -> None:
                         "resume from an earlier checkpoint")
 
 
-def check_compatible(checkpoint_config: Config, config: Config, path: str) -> None:
+def check_compatible(checkpoint: dict, config: Config, path: str) -> None:
+    processes = 1 + len(checkpoint["other_ranks"])
+    if processes != world_size():
+        raise UserError(f"{path} was written by {processes} process{'es' if processes > 1 else ''}, and this run has "
+                        f"{world_size()}; resume it with {processes} in all (torchrun --nproc-per-node times --nnodes)")
+    checkpoint_config = checkpoint["config"]
     for name in FIXED_ON_RESUME:
         saved, wanted = getattr(checkpoint_config, name), getattr(config, name)
         if name == "env":
@@ -1236,11 +1372,12 @@ def restore_training(training: Training, checkpoint: dict, path: str, config: Co
                 if training.optimizer.state[weight][moment].shape != weight.shape:
                     raise ValueError(f"{moment} of shape {tuple(training.optimizer.state[weight][moment].shape)}")
         part = "runner"
-        restore_runner(training.runner, checkpoint["runner"], reset_seed=config.seed + checkpoint["global_step"])
+        own = [checkpoint, *checkpoint["other_ranks"]][rank()]  # this rank's runner and random state
+        restore_runner(training.runner, own["runner"], reset_seed=config.seed + checkpoint["global_step"] + rank() * training.envs.num_envs)
         part = "rng"
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
+        torch.set_rng_state(own["rng"]["torch"])
+        if device.type == "cuda" and own["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(own["rng"]["cuda"], device)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
         raise UserError(f"{path} has a damaged {part!r} entry ({type(error).__name__}); use another checkpoint of the run") from None
     # beta goes on from its adapted value, unless the resume gives a new --kl-coef.
@@ -1266,13 +1403,21 @@ def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float
 
 
 # ---------------------------------------------------------------------------------------
-# 10. The run folder, the metrics log and signals
+# 11. The run folder, the metrics log and signals
 # ---------------------------------------------------------------------------------------
 
 
+def is_first_process() -> bool:
+    """Whether this is the process that prints and writes: the only one, or torchrun's rank 0."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def say(text: str) -> None:
-    """Print a progress line. A closed terminal or pipe (`| head`, a hung-up ssh session)
-    must not stop the run before it saves, so a failed print is dropped."""
+    """Print a progress line (rank 0 alone speaks for all). A closed terminal or pipe
+    (`| head`, a hung-up ssh session) must not stop the run before it saves, so a failed
+    print is dropped."""
+    if not is_first_process():
+        return
     try:
         print(text, flush=True)
     except (OSError, ValueError):
@@ -1493,7 +1638,9 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 class StopSignals:
     """The first stop signal asks the loop to save and stop after this iteration; a
     second stops at once (the last periodic checkpoint stays). `received` holds the first
-    signal's number, so that the process can exit with 128 + that number."""
+    signal's number, so that the process can exit with 128 + that number. Under torchrun,
+    a terminal's Ctrl-C reaches each rank twice (from the terminal and from the launcher),
+    so a rank ignores signals after the first and leaves the hard stop to the launcher."""
 
     def __init__(self):
         self.received: typing.Optional[int] = None
@@ -1504,6 +1651,8 @@ class StopSignals:
 
     def handle(self, number, frame):
         if self.received is not None:
+            if world_size() > 1:  # torchrun passes a signal on to every rank, and kills those still running 30 s later
+                return
             raise KeyboardInterrupt
         self.received = number
         say(f"\n{signal.Signals(number).name}: finishing this iteration, then saving a checkpoint "
@@ -1520,8 +1669,69 @@ def all_finite(agent: nn.Module, diagnostics: dict) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
-# 11. Training: ppo(config)
+# 12. Training: ppo(config)
 # ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device):
+    """Under torchrun with K > 1 processes (it sets WORLD_SIZE, RANK, LOCAL_RANK and the
+    rendezvous address), join the others for the run and leave at its end; give the
+    device, which for CUDA is GPU LOCAL_RANK of this machine. Otherwise only the device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield device
+        return
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    try:  # gloo moves CPU tensors (and the normalizers' statistics under CUDA), NCCL GPU tensors
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
+    except (ValueError, RuntimeError) as error:
+        raise UserError(f"cannot join the other processes ({str(error).splitlines()[0]}); "
+                        "start ppo.py with torchrun, which sets up their rendezvous") from None
+    try:
+        yield device
+        dist.barrier()  # no rank leaves while another still talks to it
+    finally:
+        dist.destroy_process_group()
+
+
+def check_split(config: Config) -> None:
+    """Raise UserError unless the environments and minibatches split evenly over the ranks."""
+    processes = world_size()
+    if config.num_envs % processes:
+        raise UserError(f"--num-envs {config.num_envs} (the environments of all processes) does not split evenly "
+                        f"over {processes} processes; use a multiple of {processes}")
+    if config.minibatch_size // processes < 8:
+        raise UserError(f"minibatches of {config.minibatch_size} steps leave fewer than 8 to each of {processes} processes; "
+                        "use fewer --num-minibatches or more --num-envs or --num-steps")
+
+
+def on_rank_0(function: typing.Callable, *arguments):
+    """Call function on rank 0 alone, and return its result there (None elsewhere). Its
+    UserError or RunFolderUnwritable is raised on every rank, so no rank is left waiting
+    for one that stopped."""
+    if world_size() == 1:
+        return function(*arguments)
+    result, errors = None, [None]
+    if rank() == 0:
+        try:
+            result = function(*arguments)
+        except (UserError, RunFolderUnwritable) as error:
+            errors = [error]
+    dist.broadcast_object_list(errors, src=0)
+    if errors[0] is not None:
+        raise errors[0]
+    return result
+
+
+def from_rank_0(value):
+    """Rank 0's value, on every rank."""
+    if world_size() == 1:
+        return value
+    values = [value]
+    dist.broadcast_object_list(values, src=0)
+    return values[0]
 
 
 def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
@@ -1530,21 +1740,25 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
     Everything comes in through the arguments. `resume` is a checkpoint path: training
     continues from it (networks, optimizer, normalizers, random state and, where the
     environment allows, the episodes in progress) up to config.total_steps.
+    Started by torchrun with K processes, each is one rank of a data-parallel run
+    (section 5): rank 0 alone claims the run folder, writes to it and prints.
     """
-    device = resolve_device(config.device)
-    checkpoint = load_checkpoint(resume) if resume else None
-    if checkpoint:
-        check_compatible(checkpoint["config"], config, resume)
-    if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
-    check_memory(config, device)
-    run_dir, created = claim_run_dir(config, resume)
-    try:
-        return train(config, device, run_dir, checkpoint, resume)
-    except BaseException:
-        if created and not os.listdir(run_dir):  # never leave an empty run folder behind
-            os.rmdir(run_dir)
-        raise
+    with process_group(resolve_device(config.device)) as device:
+        check_split(config)
+        checkpoint = load_checkpoint(resume) if resume else None
+        if checkpoint:
+            check_compatible(checkpoint, config, resume)
+        if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
+        check_memory(config, device)
+        run_dir, created = on_rank_0(claim_run_dir, config, resume) or (None, False)
+        run_dir = from_rank_0(run_dir)
+        try:
+            return train(config, device, run_dir, checkpoint, resume)
+        except BaseException:
+            if created and not os.listdir(run_dir):  # never leave an empty run folder behind
+                os.rmdir(run_dir)
+            raise
 
 
 def train(config: Config, device: torch.device, run_dir: str, checkpoint: typing.Optional[dict], resume: typing.Optional[str]) -> dict:
@@ -1566,18 +1780,30 @@ def train(config: Config, device: torch.device, run_dir: str, checkpoint: typing
                 if os.path.exists(checkpoint_path) else f"no checkpoint had been written yet; start again with a {advice}")
         return TrainingDiverged(f"iteration {iteration + 1}: {what}; {kept}")
 
-    def save(completed_iterations: int) -> None:
+    def open_log() -> MetricsLog:
         with run_folder_writes(run_dir, checkpoint_path):
-            save_checkpoint(checkpoint_path, checkpoint_state(training, config, completed_iterations, global_step, schedule_start, device))
+            log = MetricsLog(run_dir, config.tensorboard, keep_iterations=start_iteration if checkpoint else None)
+            write_run_file(os.path.join(run_dir, "config.json"), json.dumps(dataclasses.asdict(config), indent=2))
+        return log
+
+    def write_metrics(row: dict) -> None:
+        with run_folder_writes(run_dir, checkpoint_path):
+            log.write(row, config.num_iterations)
+
+    def write_checkpoint(state: dict) -> None:
+        with run_folder_writes(run_dir, checkpoint_path):
+            save_checkpoint(checkpoint_path, state)
+
+    def save(completed_iterations: int) -> None:
+        state = checkpoint_state(training, config, completed_iterations, global_step, schedule_start, device)  # on every rank
+        on_rank_0(write_checkpoint, state)
 
     metrics: dict = {"global_step": global_step, "mean_return": float("nan")}
     status, completed, stop_signal = "finished", start_iteration, None
     start_time, start_step = time.time(), global_step
     log = None
     try:
-        with run_folder_writes(run_dir, checkpoint_path):
-            log = MetricsLog(run_dir, config.tensorboard, keep_iterations=start_iteration if checkpoint else None)
-            write_run_file(os.path.join(run_dir, "config.json"), json.dumps(dataclasses.asdict(config), indent=2))
+        log = on_rank_0(open_log)
         with StopSignals() as stop:
             for iteration in range(start_iteration, config.num_iterations):
                 learning_rate = annealed_learning_rate(config, iteration, *schedule_start)
@@ -1601,16 +1827,18 @@ def train(config: Config, device: torch.device, run_dir: str, checkpoint: typing
                     "steps_per_second": (global_step - start_step) / max(now - start_time, 1e-9),
                     "learning_rate": learning_rate,
                 }
-                with run_folder_writes(run_dir, checkpoint_path):
-                    log.write(metrics, config.num_iterations)
+                on_rank_0(write_metrics, metrics)
+                # Every rank holds the same returns (section 5), so every rank decides alike.
                 solved = (config.target_return is not None and len(recent) == config.return_window
                           and mean_return >= config.target_return)
                 if solved:
                     status = "solved"
                     say(f"solved: mean return {mean_return:.1f} >= {config.target_return} over the last {config.return_window} episodes")
-                if stop.received is not None:
-                    status, stop_signal = "interrupted", stop.received
-                if solved or stop.received is not None:
+                # A signal may reach the ranks in different iterations: all stop at the first rank's.
+                stop_signal = next((number for number in gathered([stop.received]) if number is not None), None)
+                if stop_signal is not None:
+                    status = "interrupted"
+                if solved or stop_signal is not None:
                     break
                 if completed % config.save_every == 0:
                     save(completed)
@@ -1624,7 +1852,7 @@ def train(config: Config, device: torch.device, run_dir: str, checkpoint: typing
 
 
 # ---------------------------------------------------------------------------------------
-# 12. Evaluation
+# 13. Evaluation
 # ---------------------------------------------------------------------------------------
 
 
@@ -1678,7 +1906,7 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu")
 
 
 # ---------------------------------------------------------------------------------------
-# 13. Command line
+# 14. Command line
 # ---------------------------------------------------------------------------------------
 
 # Every Config field once, by family, in the order --help and README.md list them.
@@ -1782,6 +2010,8 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
     try:
         if sum(path is not None for path in (resume, eval_path, watch_path)) > 1:
             raise UserError("--resume, --eval and --watch each do a different thing; give one of them")
+        if (eval_path or watch_path) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("--eval and --watch run in one process; start them with python, not torchrun")
         if eval_path or watch_path:
             try:
                 mean, std = evaluate(eval_path or watch_path, episodes, watch=bool(watch_path), device=arguments.get("device", "cpu"))
@@ -1798,7 +2028,8 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
             config = make_config(**arguments)
         metrics = ppo(config, resume=resume)
     except (UserError, TrainingDiverged, RunFolderUnwritable) as error:
-        print(f"error: {error}", file=sys.stderr)
+        if is_first_process():  # under torchrun every rank has the same error; rank 0 says it
+            print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UserError) else 1
     except KeyboardInterrupt:
         print("stopped without saving; the last periodic checkpoint is kept", file=sys.stderr)
@@ -1807,4 +2038,12 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun, leave without the interpreter's teardown, where a thread of gloo
+        # can abort the process (pytorch/pytorch#179291) after the run has ended well: by
+        # now the group is destroyed and every file written and closed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

@@ -1,0 +1,250 @@
+"""Data-parallel PPO over torch.distributed (README.md, "More than one process"): on the
+CPU with gloo and 2 ranks, the update over two parts of a minibatch equals the update
+over the whole in one process; ranks keep identical weights and step disjoint
+environments; and torchrun trains, resumes, stops on a signal and spans two launchers."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing
+
+import ppo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rank_process(rank, world, port, function, arguments):
+    """What torchrun would set up, in a process of torch.multiprocessing.spawn."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        function(*arguments)
+    finally:
+        dist.destroy_process_group()
+
+
+def on_two_ranks(function, *arguments):
+    torch.multiprocessing.spawn(rank_process, args=(2, free_port(), function, arguments), nprocs=2)
+
+
+# The update: two parts of a minibatch, gradients averaged, equal the whole ----------------
+
+SAMPLES, FIRST_PART = 48, 20  # rank 0 holds 20 samples, rank 1 the other 28
+
+
+def update_config(objective):
+    return ppo.make_config("CartPole", num_envs=8, num_steps=6, num_minibatches=1, update_epochs=1,
+                           max_grad_norm=1e6, objective=objective, kl_coef=0.5)
+
+
+def fresh_agent(config):
+    torch.manual_seed(0)
+    return ppo.build_actor_critic(ppo.gym.spaces.Box(-1, 1, (4,)), ppo.gym.spaces.Discrete(2), config)
+
+
+def minibatch(agent, objective):
+    """Samples whose two parts have different advantage statistics and sizes, and
+    log-probs away from the current policy's, so clipping is active."""
+    generator = torch.Generator().manual_seed(1)
+    observations = torch.randn(SAMPLES, 4, generator=generator)
+    actions = torch.randint(0, 2, (SAMPLES,), generator=generator)
+    with torch.no_grad():
+        log_probs, _, values, _ = agent.evaluate(observations, actions)
+    advantages = torch.randn(SAMPLES, generator=generator)
+    advantages[:FIRST_PART] += 2.0
+    batch = {"observations": observations, "actions": actions,
+             "log_probs": log_probs + 0.3 * torch.randn(SAMPLES, generator=generator),
+             "values": values, "advantages": advantages, "returns": torch.randn(SAMPLES, generator=generator)}
+    if objective == "kl-penalty":
+        batch["old_distributions"] = ppo.old_distributions(agent, observations)
+    return batch
+
+
+def gradient_of_update(batch, config):
+    """-(change of the weights) after one update with SGD at step size 1: the gradient."""
+    agent = fresh_agent(config)
+    before = [weight.detach().clone() for weight in agent.parameters()]
+    ppo.update(agent, torch.optim.SGD(agent.parameters(), lr=1.0), batch, config)
+    return [old - new.detach() for old, new in zip(before, agent.parameters())]
+
+
+def update_on_a_part(folder, objective):
+    config = update_config(objective)
+    batch = minibatch(fresh_agent(config), objective)
+    part = slice(0, FIRST_PART) if dist.get_rank() == 0 else slice(FIRST_PART, SAMPLES)
+    gradient = gradient_of_update({name: values[part] for name, values in batch.items()}, config)
+    torch.save(gradient, os.path.join(folder, f"rank{dist.get_rank()}.pt"))
+
+
+@pytest.mark.parametrize("objective", ["clip", "kl-penalty"])
+def test_the_gradient_averaged_over_two_parts_of_a_minibatch_is_the_whole_minibatchs(tmp_path, objective):
+    """Parts of unequal size and advantage statistics: without the advantage statistics of
+    the whole minibatch, or without weighting each part by its size, this fails."""
+    config = update_config(objective)
+    whole = gradient_of_update(minibatch(fresh_agent(config), objective), config)
+    on_two_ranks(update_on_a_part, str(tmp_path), objective)
+    parts = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    for expected, rank_0, rank_1 in zip(whole, *parts):
+        assert torch.equal(rank_0, rank_1)  # one averaged gradient on both ranks
+        torch.testing.assert_close(rank_0, expected, rtol=1e-5, atol=1e-6)  # equal up to rounding
+    assert any(gradient.abs().max() > 1e-3 for gradient in whole)
+
+
+# Training on two ranks ----------------------------------------------------------------------
+
+def small(env, **overrides):
+    settings = {"CartPole": dict(num_envs=8, num_steps=16, num_minibatches=2, update_epochs=2),
+                "Pendulum": dict(num_envs=4, num_steps=64, num_minibatches=2, update_epochs=2)}[env]
+    return ppo.make_config(env, seed=3, **{**settings, **overrides})
+
+
+def train_three_iterations(folder, env):
+    config = small(env)
+    training = ppo.build_training(config, torch.device("cpu"))
+    start = {"observations": training.runner.raw_observations.copy(), "normalizer": None}
+    if training.runner.observation_normalizer:
+        start["normalizer"] = training.runner.observation_normalizer.statistics.mean.copy()
+    for _ in range(3):
+        ppo.ppo_iteration(training, config, 1e-3)
+    torch.save({"start": start, "weights": training.agent.state_dict(), "returns": list(training.runner.recent_returns),
+                "optimizer": training.optimizer.state_dict()["state"]},
+               os.path.join(folder, f"rank{dist.get_rank()}.pt"), pickle_protocol=4)
+    training.envs.close()
+
+
+@pytest.mark.parametrize("env", ["CartPole", "Pendulum"])
+def test_two_ranks_keep_identical_weights_and_step_the_environments_of_one_process(tmp_path, env):
+    on_two_ranks(train_three_iterations, str(tmp_path), env)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    one_process = ppo.build_training(small(env), torch.device("cpu"))
+    assert not np.array_equal(ranks[0]["start"]["observations"], ranks[1]["start"]["observations"])
+    if env == "Pendulum":  # seeded one by one: rank r's are seed + 2r, ..., together those of one process
+        np.testing.assert_array_equal(np.concatenate([rank["start"]["observations"] for rank in ranks]),
+                                      one_process.runner.raw_observations)
+    if env == "Pendulum":  # the normalizer's first statistics were merged over ranks
+        assert np.array_equal(ranks[0]["start"]["normalizer"], ranks[1]["start"]["normalizer"])
+        np.testing.assert_allclose(ranks[0]["start"]["normalizer"],
+                                   one_process.runner.observation_normalizer.statistics.mean,
+                                   rtol=1e-6)  # one process sums the float32 observations in float32, ranks in float64
+    initial = one_process.agent.state_dict()
+    one_process.envs.close()
+    for name, weight in ranks[0]["weights"].items():
+        assert torch.equal(weight, ranks[1]["weights"][name]), name  # bitwise, after 3 iterations
+    assert any(not torch.equal(weight, initial[name]) for name, weight in ranks[0]["weights"].items())
+    for index, moments in ranks[0]["optimizer"].items():
+        assert all(torch.equal(moments[key], ranks[1]["optimizer"][index][key]) for key in ("exp_avg", "exp_avg_sq"))
+    assert ranks[0]["returns"] == ranks[1]["returns"]  # every rank logs every rank's episodes
+
+
+# torchrun -----------------------------------------------------------------------------------
+
+def torchrun(*arguments, launcher=("--standalone", "--nproc-per-node", "2"), **options):
+    return subprocess.run([*TORCHRUN, *launcher, "ppo.py", *arguments], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, **options)
+
+
+def test_torchrun_with_two_processes_solves_cartpole(tmp_path):
+    """The preset's budget of 150,000 steps, on 2 ranks. Measured on 2 ranks (README.md,
+    "More than one process"): 11 of seeds 1-12 solved, the slowest after 105,082 steps; seed 4
+    did not. With about 1 seed in 12 failing, 3 of 5 seeds must solve: all 5 runs only if
+    needed, and a false failure has a chance of about 0.5%."""
+    solved = failed = 0
+    for seed in (1, 2, 3, 4, 5):
+        result = torchrun("--env", "CartPole", "--seed", str(seed), "--run-dir", str(tmp_path / str(seed)))
+        assert result.returncode == 0, result.stderr[-3000:]
+        if "solved: mean return" in result.stdout:
+            solved += 1
+        else:
+            failed += 1
+        if solved == 3 or failed == 3:
+            break
+    assert solved == 3
+
+
+def without_timing(metrics_csv):
+    rows = [line.split(",") for line in open(metrics_csv).read().splitlines()]
+    timing = {rows[0].index("wall_seconds"), rows[0].index("steps_per_second")}
+    return [[value for column, value in enumerate(row) if column not in timing] for row in rows]
+
+
+def test_a_run_resumed_under_torchrun_equals_an_uninterrupted_one(tmp_path):
+    common = ["--env", "CartPole", "--target-return", "none", "--no-anneal-lr"]
+    longer = torchrun(*common, "--total-steps", "2048", "--run-dir", str(tmp_path / "long"))
+    shorter = torchrun(*common, "--total-steps", "1024", "--run-dir", str(tmp_path / "short"))
+    assert longer.returncode == 0 and shorter.returncode == 0, shorter.stderr[-3000:]
+    extended = torchrun("--resume", str(tmp_path / "short" / "checkpoint.pt"), "--total-steps", "2048")
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert without_timing(tmp_path / "long" / "metrics.csv") == without_timing(tmp_path / "short" / "metrics.csv")
+    long, short = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True) for name in ("long", "short"))
+    assert len(long["other_ranks"]) == 1 and long["iteration"] == short["iteration"] == 4
+    assert all(torch.equal(weight, short["model"][name]) for name, weight in long["model"].items())
+    # The checkpoint of 2 processes cannot be resumed by 1.
+    alone = subprocess.run([sys.executable, "ppo.py", "--resume", str(tmp_path / "long" / "checkpoint.pt"), "--total-steps", "4096"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 2 and alone.stderr.count("\n") == 1, alone.stderr
+    assert "was written by 2 processes, and this run has 1" in alone.stderr
+
+
+@pytest.mark.parametrize("sent_to", ["launcher", "terminal"])
+def test_a_signal_stops_every_rank_after_the_same_iteration_with_one_checkpoint(tmp_path, sent_to):
+    """SIGTERM to torchrun (kill, a scheduler), which passes it on to each rank; or Ctrl-C
+    in a terminal, which sends SIGINT to the launcher and both ranks at once, and the
+    launcher passes it on again."""
+    command = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "ppo.py", "--env", "CartPole", "--total-steps", "100000000",
+               "--target-return", "none", "--save-every", "1000000", "--run-dir", str(tmp_path)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    metrics_file = tmp_path / "metrics.csv"
+    deadline = time.time() + 180  # a safety net only: the signal goes after 3 logged iterations
+    while time.time() < deadline and process.poll() is None:
+        if metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.1)
+    if sent_to == "launcher":
+        process.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0  # torchrun reports a stop by a signal as a failure, exit status 1
+    checkpoint_path = str(tmp_path / "checkpoint.pt")
+    assert stdout.count(f"interrupted: checkpoint saved to {checkpoint_path}") == 1, stdout[-2000:] + stderr[-3000:]
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    assert len(checkpoint["other_ranks"]) == 1
+    assert checkpoint["iteration"] == len(metrics_file.read_text().splitlines()) - 1 >= 3
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+
+
+def test_two_launchers_on_one_host_rendezvous_and_train(tmp_path):
+    """Two machines, played by two torchrun launchers of one process each on 127.0.0.1."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    launcher = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "test"]
+    command = [*TORCHRUN, *launcher, "ppo.py", "--env", "CartPole", "--total-steps", "2048", "--run-dir", str(tmp_path / "run")]
+    launchers = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=300) for process in launchers]
+    assert [process.returncode for process in launchers] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    assert sum(stdout.count("finished: checkpoint saved") for stdout, _ in outputs) == 1  # rank 0 alone prints
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["iteration"] == 4 and len(checkpoint["other_ranks"]) == 1
+
+
+def test_environments_that_do_not_split_over_the_ranks_get_one_line(tmp_path):
+    result = torchrun("--env", "CartPole", "--num-envs", "5", "--num-minibatches", "1", "--run-dir", str(tmp_path / "run"))
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert ours == ["error: --num-envs 5 (the environments of all processes) does not split evenly over 2 processes; "
+                    "use a multiple of 2"], result.stderr[-3000:]
+    assert not (tmp_path / "run").exists()
