@@ -687,9 +687,10 @@ def minibatch_statistics(advantages: torch.Tensor, minibatches: list[torch.Tenso
 def same_weights_as_rank_0(module: nn.Module) -> None:
     """Copy rank 0's weights to every rank (the same seed makes them equal already; this
     makes it so whatever the random number generator of each machine does)."""
+    if world_size() == 1:
+        return
     for tensor in module.state_dict().values():
-        if world_size() > 1:
-            dist.broadcast(tensor, src=0)
+        dist.broadcast(tensor, src=0)
 
 
 def average_gradients(weights: list[torch.Tensor]) -> None:

@@ -248,3 +248,15 @@ def test_environments_that_do_not_split_over_the_ranks_get_one_line(tmp_path):
     assert ours == ["error: --num-envs 5 (the environments of all processes) does not split evenly over 2 processes; "
                     "use a multiple of 2"], result.stderr[-3000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_of_format_2_is_read_as_one_processs(tmp_path):
+    """Format 2 was written before torchrun support, by one process, without "other_ranks"."""
+    config = ppo.make_config("CartPole", seed=5, run_dir=str(tmp_path / "run"), total_steps=1024, target_return=None, anneal_lr=False)
+    first = ppo.ppo(config)
+    checkpoint = torch.load(first["checkpoint"], weights_only=True)
+    del checkpoint["other_ranks"]
+    torch.save({**checkpoint, "format": 2}, first["checkpoint"])
+    resumed = ppo.ppo(ppo.make_config("CartPole", seed=5, run_dir=None, total_steps=2048, target_return=None, anneal_lr=False),
+                      resume=first["checkpoint"])
+    assert resumed["iteration"] == 4
