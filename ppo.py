@@ -1625,6 +1625,22 @@ def write_learning_curve(run_dir: str, config: Config) -> None:
     save_picture(figure, os.path.join(run_dir, "learning-curve.png"), "ppo.py")
 
 
+class LearningCurve:
+    """learning-curve.png of a run, redrawn with a checkpoint once `every` seconds have
+    passed since it was last drawn, and always at the end. A picture takes about 0.3 s (and
+    the first import of matplotlib 0.4 s more), so a CartPole run of seconds draws it once,
+    at its end, and a long run about twice a minute."""
+
+    def __init__(self, run_dir: str, config: Config, every: float = 30.0):
+        self.run_dir, self.config, self.every = run_dir, config, every
+        self.drawn = time.monotonic()  # the run's start counts as a drawing: nothing to see yet
+
+    def refresh(self, final: bool) -> None:
+        if final or time.monotonic() - self.drawn >= self.every:
+            write_learning_curve(self.run_dir, self.config)
+            self.drawn = time.monotonic()
+
+
 # Settings that do not change what a run learns: runs whose config.json differ only in
 # these are seeds of one setting.
 NOT_SETTINGS = ("seed", "run_dir", "device", "torch_threads", "env_threads", "save_every", "tensorboard")
@@ -1750,10 +1766,12 @@ def train(config: Config, device: torch.device, run_dir: str, checkpoint: typing
                 if os.path.exists(checkpoint_path) else f"no checkpoint had been written yet; start again with a {advice}")
         return TrainingDiverged(f"iteration {iteration + 1}: {what}; {kept}")
 
-    def save(completed_iterations: int) -> None:
+    learning_curve = LearningCurve(run_dir, config)
+
+    def save(completed_iterations: int, final: bool = False) -> None:
         with run_folder_writes(run_dir, checkpoint_path):
             save_checkpoint(checkpoint_path, checkpoint_state(training, config, completed_iterations, global_step, schedule_start, device))
-            write_learning_curve(run_dir, config)  # refreshed with every checkpoint
+            learning_curve.refresh(final)
 
     metrics: dict = {"global_step": global_step, "mean_return": float("nan")}
     status, completed, stop_signal = "finished", start_iteration, None
@@ -1799,7 +1817,7 @@ def train(config: Config, device: torch.device, run_dir: str, checkpoint: typing
                     break
                 if completed % config.save_every == 0:
                     save(completed)
-            save(completed)  # never reached after a divergence: the last good checkpoint stays
+            save(completed, final=True)  # never reached after a divergence: the last good checkpoint stays
     finally:
         if log:
             log.close()

@@ -163,8 +163,7 @@ def test_help_documents_every_flag_in_full_words(capsys):
         assert flag in text, flag
 
 
-def real_find_spec(name, *arguments):
-    return importlib.util.find_spec(name, *arguments)
+real_find_spec = importlib.util.find_spec  # the original, for the monkeypatched ones below to fall back on
 
 
 BAD_INPUTS = [

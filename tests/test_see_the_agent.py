@@ -44,12 +44,17 @@ def gif_frames(path):
 
 # learning-curve.png ----------------------------------------------------------------------
 
-def test_every_run_folder_holds_its_learning_curve_refreshed_at_each_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("every, drawings", [(0.0, 4), (1e9, 1)])
+def test_every_run_folder_holds_its_learning_curve_redrawn_with_checkpoints(tmp_path, monkeypatch, every, drawings):
+    """A checkpoint after each of 3 iterations, and one at the end: the picture is redrawn
+    with each when it may be every 0 s, and only at the end when it must wait longer than
+    the run lasts."""
     drawn = []
     real_write = ppo.write_learning_curve
     monkeypatch.setattr(ppo, "write_learning_curve", lambda run_dir, config: (drawn.append(run_dir), real_write(run_dir, config)))
-    ppo.ppo(cartpole(tmp_path, total_steps=1536, save_every=1))  # a checkpoint after each of 3 iterations, and at the end
-    assert len(drawn) == 4
+    monkeypatch.setattr(ppo.LearningCurve.__init__, "__defaults__", (every,))
+    ppo.ppo(cartpole(tmp_path, total_steps=1536, save_every=1))
+    assert len(drawn) == drawings
     with Image.open(tmp_path / "learning-curve.png") as picture:
         assert picture.format == "PNG" and picture.size == (1120, 520) and picture.info["Software"] == "ppo.py"
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
