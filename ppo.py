@@ -1955,6 +1955,22 @@ class Window:
         pygame.quit()
 
 
+@contextlib.contextmanager
+def quiet_pygame(window: bool):
+    """pygame draws the classic-control frames and the window of --watch. ppo.py plays no
+    sound and, without a window, needs no display: SDL's dummy drivers spare pygame the
+    search for them, which prints errors where there are none."""
+    settings = {"SDL_AUDIODRIVER": "dummy", **({} if window else {"SDL_VIDEODRIVER": "dummy"})}
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update({name: previous[name] or value for name, value in settings.items()})
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+
+
 def check_record_path(path: str) -> None:
     """Raise UserError unless a recording can be written to path without replacing a file."""
     if not path.lower().endswith(".gif"):
@@ -1978,6 +1994,21 @@ def write_animation(path: str, pictures: list, fps: float) -> None:
             temporary, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_milliseconds(fps), loop=0))
     except OSError as error:
         raise UserError(f"cannot write {path} ({error.strerror}); free some space or choose another --record path") from None
+
+
+def look(envs: gym.vector.VectorEnv, raw: np.ndarray, window: typing.Optional[Window], pictures: typing.Optional[list]) -> None:
+    """Show the picture of now in the window, and keep it for the recording, as asked. A
+    recording keeps Pillow images of 256 colors (a third of the memory of RGB), as a GIF
+    holds them."""
+    if window is None and pictures is None:
+        return
+    now = picture(envs, raw)
+    if window:
+        window.show(now)
+    if pictures is not None:
+        from PIL import Image
+
+        pictures.append(Image.fromarray(now).quantize(256, method=Image.Quantize.FASTOCTREE))  # 5x faster than median cut
 
 
 def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu", record: typing.Optional[str] = None,
@@ -2018,26 +2049,15 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu",
             raise UserError(f"{path} has a damaged 'runner' entry (no observation statistics); use another checkpoint of the run") from None
     continuous = isinstance(envs.single_action_space, gym.spaces.Box)
     fps = ATARI_FRAMES_PER_SECOND / config.frame_skip if is_atari(config.env_id) else envs.metadata.get("render_fps") or 30
-    window = Window(f"ppo.py: {config.env_id}", fps) if watch else None
-    pictures: list = []  # Pillow images of 256 colors (a third of the memory of RGB), as a GIF holds them
-
-    def look(raw: np.ndarray) -> None:
-        if shown_pictures:
-            now = picture(envs, raw)
-            if window:
-                window.show(now)
-            if record:
-                from PIL import Image
-
-                pictures.append(Image.fromarray(now).quantize(256, method=Image.Quantize.FASTOCTREE))  # 5x faster than median cut
-
+    pictures: typing.Optional[list] = [] if record else None
     returns: list[float] = []
-    video_driver = os.environ.get("SDL_VIDEODRIVER")
-    if record and not watch:  # pygame (classic control) then draws off screen, without looking for a display, which prints an error where there is none
-        os.environ["SDL_VIDEODRIVER"] = video_driver or "dummy"
-    try:
+    with quiet_pygame(window=watch), contextlib.ExitStack() as cleanup:
+        cleanup.callback(envs.close)
+        window = Window(f"ppo.py: {config.env_id}", fps) if watch else None
+        if window:
+            cleanup.callback(window.close)
         raw, _ = envs.reset(seed=config.seed + 10_000)
-        look(raw)
+        look(envs, raw, window, pictures)
         episode_return, episode_steps = 0.0, 0
         while len(returns) < episodes:
             observations = normalizer(raw, update_statistics=False) if normalizer else raw
@@ -2046,7 +2066,7 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu",
             if continuous:
                 actions = np.clip(actions, envs.single_action_space.low, envs.single_action_space.high)
             raw, reward, terminated, truncated, _ = envs.step(actions)
-            look(raw)
+            look(envs, raw, window, pictures)
             episode_return += float(reward[0])
             episode_steps += 1
             if terminated[0] or truncated[0] or episode_steps == max_episode_steps:
@@ -2054,13 +2074,7 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu",
                 episode_return, episode_steps = 0.0, 0
                 if len(returns) < episodes:
                     raw, _ = envs.reset()
-                    look(raw)
-    finally:
-        envs.close()
-        if window:
-            window.close()
-        if video_driver is None:
-            os.environ.pop("SDL_VIDEODRIVER", None)
+                    look(envs, raw, window, pictures)
     if record:
         write_animation(record, pictures, fps)
     return float(np.mean(returns)), float(np.std(returns))
