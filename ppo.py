@@ -18,6 +18,8 @@ Run:
     python ppo.py --env Acrobot-v1           # any gymnasium id, with generic defaults
     python ppo.py --resume runs/Pendulum-v1-1-<time>/checkpoint.pt --total-steps 400000 --learning-rate 2.5e-4
     python ppo.py --eval runs/CartPole-v1-1-<time>/checkpoint.pt --episodes 10
+    python ppo.py --eval runs/ALE-Pong-v5-1-<time>/checkpoint.pt --record pong.gif   # see it play
+    python ppo.py --plot runs/CartPole-v1-1-<time> runs/CartPole-v1-2-<time>     # curves of runs
     python ppo.py --help                     # every flag, with its meaning and range
 
 The file has two parts.
@@ -26,8 +28,8 @@ FramePreStacking), 3 actors and critic, 4 rollout buffer and GAE, 5 running norm
 6 environments and the runner that collects rollouts, 7 the losses, 8 the update and one
 PPO iteration. A reader who stops there has read all of PPO.
 Part II runs it as a tool: 9 checkpoints and saved environment state, 10 the run folder,
-metrics log and signals, 11 `ppo()`, the training loop with logging, saving and stopping,
-12 evaluation, 13 the command line.
+metrics log, learning curves and signals, 11 `ppo()`, the training loop with logging,
+saving and stopping, 12 evaluation, recordings and the --watch window, 13 the command line.
 """
 
 from __future__ import annotations
