@@ -1990,10 +1990,17 @@ def frame_milliseconds(fps: float) -> int:
 
 def write_animation(path: str, pictures: list, fps: float) -> None:
     """Write pictures (Pillow images) as a GIF that loops, atomically; Pillow merges a
-    picture that repeats the one before into it, lengthening that one's duration."""
+    picture that repeats the one before into it, lengthening that one's duration. Pillow
+    holds a copy of every picture until it writes the file, so each leaves the list as it
+    is copied: half the memory."""
+    def handed_over():
+        while pictures:
+            yield pictures.pop(0)
+
+    first = pictures.pop(0)
     try:
-        write_atomically(path, lambda temporary: pictures[0].save(
-            temporary, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_milliseconds(fps), loop=0))
+        write_atomically(path, lambda temporary: first.save(
+            temporary, format="GIF", save_all=True, append_images=handed_over(), duration=frame_milliseconds(fps), loop=0))
     except OSError as error:
         raise UserError(f"cannot write {path} ({error.strerror}); free some space or choose another --record path") from None
 
