@@ -1534,8 +1534,8 @@ def all_finite(agent: nn.Module, diagnostics: dict) -> bool:
     return losses_finite and all(bool(torch.isfinite(weight).all()) for weight in agent.parameters())
 
 
-# The learning curve: metrics.csv drawn as learning-curve.png, refreshed with every
-# checkpoint; `--plot` draws several runs in one picture the same way.
+# The learning curve: metrics.csv drawn as learning-curve.png, redrawn with checkpoints
+# (LearningCurve); `--plot` draws several runs in one picture the same way.
 
 # (column, title) of each panel; the first is the return against environment steps, the
 # second the return against wall time, the others the update's diagnostics against steps.
@@ -1629,9 +1629,9 @@ def write_learning_curve(run_dir: str, config: Config) -> None:
 
 class LearningCurve:
     """learning-curve.png of a run, redrawn with a checkpoint once `every` seconds have
-    passed since it was last drawn, and always at the end. A picture takes about 0.3 s (and
-    the first import of matplotlib 0.4 s more), so a CartPole run of seconds draws it once,
-    at its end, and a long run about twice a minute."""
+    passed since it was last drawn, and always at the end. A picture takes about 0.25 s of
+    CPU, the first of a process 0.65 s with the import of matplotlib (README.md), so a
+    CartPole run of seconds draws it once, at its end, and a long run twice a minute."""
 
     def __init__(self, run_dir: str, config: Config, every: float = 30.0):
         self.run_dir, self.config, self.every = run_dir, config, every
@@ -2057,6 +2057,7 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu",
             envs.close()
             raise UserError(f"{path} has a damaged 'runner' entry (no observation statistics); use another checkpoint of the run") from None
     continuous = isinstance(envs.single_action_space, gym.spaces.Box)
+    # Pictures per second: Atari's frames per agent step, else what the environment says (or 30).
     fps = ATARI_FRAMES_PER_SECOND / config.frame_skip if is_atari(config.env_id) else envs.metadata.get("render_fps") or 30
     pictures: typing.Optional[list] = [] if record else None
     returns: list[float] = []
