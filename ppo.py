@@ -18,6 +18,8 @@ Run:
     python ppo.py --env Acrobot-v1           # any gymnasium id, with generic defaults
     python ppo.py --resume runs/Pendulum-v1-1-<time>/checkpoint.pt --total-steps 400000 --learning-rate 2.5e-4
     python ppo.py --eval runs/CartPole-v1-1-<time>/checkpoint.pt --episodes 10
+    python ppo.py --eval runs/ALE-Pong-v5-1-<time>/checkpoint.pt --record pong.gif   # see it play
+    python ppo.py --plot runs/CartPole-v1-1-<time> runs/CartPole-v1-2-<time>     # curves of runs
     python ppo.py --help                     # every flag, with its meaning and range
     torchrun --standalone --nproc-per-node 2 ppo.py --env CartPole   # 2 processes, data-parallel
 
@@ -28,8 +30,8 @@ processes that keep several of them one learner (torchrun), 6 running normalizat
 7 environments and the runner that collects rollouts, 8 the losses, 9 the update and one
 PPO iteration. A reader who stops there has read all of PPO.
 Part II runs it as a tool: 10 checkpoints and saved environment state, 11 the run folder,
-metrics log and signals, 12 `ppo()`, the training loop with logging, saving and stopping,
-13 evaluation, 14 the command line.
+metrics log, learning curves and signals, 12 `ppo()`, the training loop with logging,
+saving and stopping, 13 evaluation, recordings and the --watch window, 14 the command line.
 """
 
 from __future__ import annotations
@@ -1404,7 +1406,7 @@ def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float
 
 
 # ---------------------------------------------------------------------------------------
-# 11. The run folder, the metrics log and signals
+# 11. The run folder, the metrics log, learning curves and signals
 # ---------------------------------------------------------------------------------------
 
 
@@ -1581,6 +1583,19 @@ def write_run_file(path: str, text: str) -> None:
         raise
 
 
+def write_atomically(path: str, write: typing.Callable[[str], None]) -> None:
+    """Call write(temporary) to write a file, then rename it to path: path holds the old
+    file or the whole new one, never a part, and no temporary file stays behind."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
 METRIC_COLUMNS = ("iteration", "global_step", "wall_seconds", "mean_return", "episodes", *UPDATE_DIAGNOSTICS,
                   "explained_variance", "steps_per_second", "learning_rate", "kl_coef")
 
@@ -1669,6 +1684,191 @@ def all_finite(agent: nn.Module, diagnostics: dict) -> bool:
     return losses_finite and all(bool(torch.isfinite(weight).all()) for weight in agent.parameters())
 
 
+# The learning curve: metrics.csv drawn as learning-curve.png, redrawn with checkpoints
+# (LearningCurve); `--plot` draws several runs in one picture the same way.
+
+# (column, title) of each panel; the first is the return against environment steps, the
+# second the return against wall time, the others the update's diagnostics against steps.
+CURVE_PANELS = (("mean_return", "mean return"), ("mean_return", "mean return"), ("policy_loss", "policy loss"),
+                ("value_loss", "value loss"), ("entropy", "entropy"), ("approx_kl", "approx KL"),
+                ("clip_fraction", "clip fraction"), ("explained_variance", "explained variance"))
+PLOT_MARK = "ppo.py --plot"  # written into the PNG files that --plot makes: only those are ever replaced
+
+
+def read_metrics(run_dir: str) -> dict[str, np.ndarray]:
+    """A run folder's metrics.csv as one float array per column, a value per iteration (an
+    empty cell is NaN), with the wall seconds counted over all the launches of the run."""
+    path = os.path.join(run_dir, "metrics.csv")
+    if not os.path.isfile(path):
+        raise UserError(f"{run_dir} holds no metrics.csv, so it is not a run folder; give folders that runs wrote (runs/<env>-<seed>-<time>)")
+    try:
+        with open(path, newline="") as file:
+            rows = list(csv.DictReader(file))
+        table = {name: np.array([float(row[name] or "nan") for row in rows])
+                 for name in ("global_step", "wall_seconds", *dict(CURVE_PANELS))}
+    except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError):
+        raise UserError(f"{path} is not a metrics file that ppo.py wrote; give folders that runs wrote") from None
+    if not rows:
+        raise UserError(f"{path} has no rows yet: its run has not finished an iteration; plot it after the first one")
+    table["wall_seconds"] = cumulative_wall_seconds(table["wall_seconds"])
+    return table
+
+
+def cumulative_wall_seconds(wall_seconds: np.ndarray) -> np.ndarray:
+    """Wall seconds count from each launch, so they start again after a resume: add the
+    last value of every earlier launch."""
+    offsets = np.zeros_like(wall_seconds)
+    for restart in np.flatnonzero(np.diff(wall_seconds) < 0) + 1:
+        offsets[restart:] += wall_seconds[restart - 1]
+    return wall_seconds + offsets
+
+
+def median_and_range(runs: list[dict[str, np.ndarray]], x_name: str, y_name: str, points: int = 200) -> tuple[np.ndarray, ...]:
+    """x, the median of y and its range (min to max) over the runs. One run is its own curve;
+    several (seeds) are interpolated onto a common grid of x, and each point of the grid
+    counts the runs that reach it (a run stopped at its target return drops out)."""
+    if len(runs) == 1:
+        x, y = runs[0][x_name], runs[0][y_name]
+        known = np.isfinite(y)
+        return x[known], y[known], y[known], y[known]
+    grid = np.linspace(0.0, max(float(np.nanmax(run[x_name])) for run in runs), points)
+    values = np.full((len(runs), points), np.nan)  # (runs, points)
+    for index, run in enumerate(runs):
+        known = np.isfinite(run[y_name])
+        if known.any():
+            values[index] = np.interp(grid, run[x_name][known], run[y_name][known], left=np.nan, right=np.nan)
+    reached = np.isfinite(values).any(axis=0)
+    values = values[:, reached]
+    return grid[reached], np.nanmedian(values, axis=0), np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+
+
+def save_picture(figure, path: str, mark: str) -> None:
+    """Write a matplotlib figure as a PNG atomically, with `mark` as its Software text."""
+    write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=80, metadata={"Software": mark}))
+
+
+def draw_learning_curves(groups: list[tuple[str, list[dict[str, np.ndarray]]]], title: str):
+    """A matplotlib figure of the CURVE_PANELS, one color per group of runs: the median over
+    the group's runs (its seeds) and, for several, the band from their min to their max."""
+    from matplotlib.figure import Figure  # imported here: only runs that save a picture pay for it
+
+    figure = Figure(figsize=(14, 6.5))
+    axes = figure.subplots(2, 4).ravel()
+    for color, (label, runs) in enumerate(groups):
+        for panel, (axis, (column, name)) in enumerate(zip(axes, CURVE_PANELS)):
+            x_name = "wall_seconds" if panel == 1 else "global_step"
+            x, median, low, high = median_and_range(runs, x_name, column)
+            axis.plot(x, median, color=f"C{color}", linewidth=1.2, label=label or None)
+            if len(runs) > 1:
+                axis.fill_between(x, low, high, color=f"C{color}", alpha=0.2, linewidth=0)
+            axis.set_title(name)
+            axis.set_xlabel("wall seconds" if panel == 1 else "environment steps")
+            axis.grid(alpha=0.3)
+    if any(label for label, _ in groups):
+        axes[0].legend(fontsize="small")
+    figure.suptitle(title)
+    figure.subplots_adjust(left=0.05, right=0.98, bottom=0.09, top=0.88, wspace=0.3, hspace=0.45)
+    return figure
+
+
+def write_learning_curve(run_dir: str, config: Config) -> None:
+    """Draw the run's metrics.csv into learning-curve.png in its folder."""
+    figure = draw_learning_curves([("", [read_metrics(run_dir)])], f"{config.env_id}, seed {config.seed}: {run_dir}")
+    save_picture(figure, os.path.join(run_dir, "learning-curve.png"), "ppo.py")
+
+
+class LearningCurve:
+    """learning-curve.png of a run, redrawn with a checkpoint once `every` seconds have
+    passed since it was last drawn, and always at the end. A picture takes about 0.25 s of
+    CPU, the first of a process 0.65 s with the import of matplotlib (README.md), so a
+    CartPole run of seconds draws it once, at its end, and a long run twice a minute."""
+
+    def __init__(self, run_dir: str, config: Config, every: float = 30.0):
+        self.run_dir, self.config, self.every = run_dir, config, every
+        self.drawn = time.monotonic()  # the run's start counts as a drawing: nothing to see yet
+
+    def refresh(self, final: bool) -> None:
+        if final or time.monotonic() - self.drawn >= self.every:
+            write_learning_curve(self.run_dir, self.config)
+            self.drawn = time.monotonic()
+
+
+# Settings that do not change what a run learns: runs whose config.json differ only in
+# these are seeds of one setting.
+NOT_SETTINGS = ("seed", "run_dir", "device", "torch_threads", "env_threads", "save_every", "tensorboard")
+
+
+def read_run_config(run_dir: str) -> dict:
+    """A run folder's config.json, as the plain values it holds."""
+    path = os.path.join(run_dir, "config.json")
+    try:
+        with open(path) as file:
+            values = json.load(file)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        values = None
+    if not isinstance(values, dict):
+        raise UserError(f"{path} is missing or not a config that ppo.py wrote; give folders that runs wrote")
+    return values
+
+
+def group_runs(configs: list[dict]) -> list[tuple[str, list[int]]]:
+    """The runs (by index) of each setting, in the order given, each with a label that names
+    its values of the settings in which the groups differ, and its seeds."""
+    def setting(values: dict) -> str:
+        return json.dumps({name: value for name, value in values.items() if name not in NOT_SETTINGS}, sort_keys=True)
+
+    keys = [setting(values) for values in configs]
+    differing = sorted({name for values in configs for name in values if name not in NOT_SETTINGS
+                        and len({json.dumps(other.get(name)) for other in configs}) > 1})
+    groups = []
+    for key in dict.fromkeys(keys):
+        members = [index for index, other in enumerate(keys) if other == key]
+        values = configs[members[0]]
+        settings = " ".join(f"{flag_name(name)} {shown(tuple(values[name]) if isinstance(values.get(name), list) else values.get(name))}"
+                            for name in differing)
+        seeds = ", ".join(str(configs[index].get("seed")) for index in members)
+        groups.append((f"{settings} (seed{'s' if len(members) > 1 else ''} {seeds})".strip(), members))
+    return groups
+
+
+def picture_mark(path: str) -> typing.Optional[str]:
+    """The Software text of a PNG file (what save_picture wrote there), or None."""
+    from PIL import Image  # Pillow comes with matplotlib
+
+    try:
+        with Image.open(path) as image:
+            return image.info.get("Software")
+    except (OSError, ValueError):
+        return None
+
+
+def plot_runs(run_dirs: list[str], output: str) -> None:
+    """Draw the learning curves of several run folders into one PNG file: runs that differ
+    only in the seed as the median and range of one setting, other settings beside them.
+    Nothing but a picture that --plot drew is ever replaced."""
+    if len({os.path.realpath(run_dir) for run_dir in run_dirs}) < len(run_dirs):
+        raise UserError("a run folder is given twice to --plot; give each once")
+    for run_dir in run_dirs:
+        if not os.path.isdir(run_dir):
+            raise UserError(f"{run_dir} is not a folder; give run folders to --plot (runs/<env>-<seed>-<time>)")
+    tables = [read_metrics(run_dir) for run_dir in run_dirs]
+    configs = [read_run_config(run_dir) for run_dir in run_dirs]
+    if not output.lower().endswith(".png"):
+        raise UserError(f"--plot-output {output}: --plot draws PNG pictures; name the file <name>.png")
+    if not os.path.isdir(os.path.dirname(output) or "."):
+        raise UserError(f"--plot-output {output}: the folder {os.path.dirname(output)} does not exist; create it or choose another path")
+    if os.path.exists(output) and picture_mark(output) != PLOT_MARK:
+        raise UserError(f"{output} exists and is not a picture that --plot drew, so it is kept; choose another --plot-output")
+    groups = [(label, [tables[index] for index in members]) for label, members in group_runs(configs)]
+    environments = ", ".join(dict.fromkeys(str(values.get("env")) for values in configs))
+    seeds = "; each line the median over its seeds, the band their range" if any(len(runs) > 1 for _, runs in groups) else ""
+    figure = draw_learning_curves(groups, f"{environments}: {len(run_dirs)} run{'s' if len(run_dirs) > 1 else ''}{seeds}")
+    try:
+        save_picture(figure, output, PLOT_MARK)
+    except OSError as error:
+        raise UserError(f"cannot write {output} ({error.strerror}); choose another --plot-output") from None
+
+
 # ---------------------------------------------------------------------------------------
 # 12. Training: ppo(config)
 # ---------------------------------------------------------------------------------------
@@ -1751,6 +1951,8 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
             check_compatible(checkpoint, config, resume)
         if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UserError("ppo.py draws each run's learning-curve.png with matplotlib: pip install -r requirements.txt")
         check_memory(config, device)
         run_dir, created = on_rank_0(claim_run_dir, config, resume) or (None, False)
         run_dir = from_rank_0(run_dir)
@@ -1791,13 +1993,16 @@ def train(config: Config, device: torch.device, run_dir: str, checkpoint: typing
         with run_folder_writes(run_dir, checkpoint_path):
             log.write(row, config.num_iterations)
 
-    def write_checkpoint(state: dict) -> None:
+    learning_curve = LearningCurve(run_dir, config)
+
+    def write_checkpoint(state: dict, final: bool) -> None:
         with run_folder_writes(run_dir, checkpoint_path):
             save_checkpoint(checkpoint_path, state)
+            learning_curve.refresh(final)
 
-    def save(completed_iterations: int) -> None:
+    def save(completed_iterations: int, final: bool = False) -> None:
         state = checkpoint_state(training, config, completed_iterations, global_step, schedule_start, device)  # on every rank
-        on_rank_0(write_checkpoint, state)
+        on_rank_0(write_checkpoint, state, final)
 
     metrics: dict = {"global_step": global_step, "mean_return": float("nan")}
     status, completed, stop_signal = "finished", start_iteration, None
@@ -1843,7 +2048,7 @@ def train(config: Config, device: torch.device, run_dir: str, checkpoint: typing
                     break
                 if completed % config.save_every == 0:
                     save(completed)
-            save(completed)  # never reached after a divergence: the last good checkpoint stays
+            save(completed, final=True)  # never reached after a divergence: the last good checkpoint stays
     finally:
         if log:
             log.close()
@@ -1856,25 +2061,219 @@ def train(config: Config, device: torch.device, run_dir: str, checkpoint: typing
 # 13. Evaluation
 # ---------------------------------------------------------------------------------------
 
+ATARI_SCREEN = (210, 160)  # height and width of every Atari 2600 game's screen
+ATARI_FRAMES_PER_SECOND = 60  # the console draws 60 frames a second
 
-def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu") -> tuple[float, float]:
+
+def make_screen_environment(config: Config) -> gym.vector.VectorEnv:
+    """A second copy of one Atari game, whose observation is the full-color screen.
+
+    ale-py's vector environment, which training uses, cannot render. This copy is made
+    with the game settings of make_environments (frame skip, up to 30 no-ops and FIRE at
+    reset, sticky actions, the frame limit) and differs only in the picture it returns:
+    the last frame of each step, in color, at full size. The emulator is deterministic
+    given the seed and the actions, so stepped with the same ones as the game the policy
+    sees, it plays the same game frame for frame (tests/test_see_the_agent.py checks it).
+    """
+    return gym.make_vec(
+        config.env_id, num_envs=1, vectorization_mode="vector_entry_point", num_threads=1,
+        frameskip=config.frame_skip, noop_max=30, use_fire_reset=True,
+        repeat_action_probability=config.repeat_action_probability, episodic_life=False,
+        max_num_frames_per_episode=108_000, reward_clipping=False,
+        maxpool=False, grayscale=False, img_height=ATARI_SCREEN[0], img_width=ATARI_SCREEN[1], stack_num=1,
+    )
+
+
+class ScreenBeside(gym.vector.VectorWrapper):
+    """An Atari game stepped together with its screen copy (make_screen_environment):
+    observations, rewards and endings are the game's, render() gives the copy's screen."""
+
+    def __init__(self, envs: gym.vector.VectorEnv, screens: gym.vector.VectorEnv):
+        super().__init__(envs)
+        self.screens = screens
+        self.screen: typing.Optional[np.ndarray] = None  # (1, 1, 210, 160, 3)
+
+    def reset(self, **kwargs):
+        self.screen, _ = self.screens.reset(**kwargs)
+        return self.env.reset(**kwargs)
+
+    def step(self, actions):
+        self.screen = self.screens.step(actions)[0]
+        return self.env.step(actions)
+
+    def render(self) -> tuple[np.ndarray, ...]:
+        return (self.screen[0, -1],)
+
+    def close(self, **kwargs):
+        self.screens.close()
+        self.env.close(**kwargs)
+
+
+# Velocity and acceleration images are signed: black at 0, orange where positive, blue where negative.
+POSITIVE_COLOR, NEGATIVE_COLOR = np.array([255, 150, 0]), np.array([0, 140, 255])
+
+
+def signed_image(values: np.ndarray) -> np.ndarray:
+    """(H, W) values around 0 -> (H, W, 3) uint8 colors, at full strength from |0.25| on
+    (Pong's paddles differ from the background by about 0.25, its ball by 0.6)."""
+    positive, negative = np.clip(4 * values, 0, 1)[..., None], np.clip(-4 * values, 0, 1)[..., None]
+    return (positive * POSITIVE_COLOR + negative * NEGATIVE_COLOR).astype(np.uint8)
+
+
+def atari_picture(screen: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """The screen (210, 160, 3) beside what the network sees of the observation `frames`
+    (3, 84, 84): the three frames above, FramePreStacking's position, velocity and
+    acceleration images below, each labeled; all twice as large, so that a ball of one
+    pixel shows. Returns (420, 864, 3) uint8."""
+    from PIL import Image, ImageDraw  # Pillow comes with matplotlib
+
+    images = FramePreStacking()(torch.as_tensor(frames)[None])[0].numpy()  # (3, 84, 84): position in [0, 1], velocity and acceleration in [-2, 2]
+    gray = [np.repeat(frame[..., None], 3, axis=2) for frame in (*frames, (images[0] * 255).astype(np.uint8))]
+    tiles = [*gray, signed_image(images[1]), signed_image(images[2])]  # each (84, 84, 3)
+    labels = ("f(t-2)", "f(t-1)", "f(t)", "position", "velocity", "acceleration")
+    size, label_height, gap = frames.shape[1], 14, 4
+    left_edge = screen.shape[1] + 2 * gap
+    canvas = Image.new("RGB", (left_edge + 3 * (size + gap), max(screen.shape[0], 2 * (size + label_height + gap))))
+    canvas.paste(Image.fromarray(screen), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for index, (tile, label) in enumerate(zip(tiles, labels)):
+        left, top = left_edge + index % 3 * (size + gap), label_height + index // 3 * (size + label_height + gap)
+        canvas.paste(Image.fromarray(tile), (left, top))
+        draw.text((left, top - label_height + 2), label, fill=(220, 220, 220))
+    return np.asarray(canvas.resize((2 * canvas.width, 2 * canvas.height), Image.Resampling.NEAREST))
+
+
+def picture(envs: gym.vector.VectorEnv, raw: np.ndarray) -> np.ndarray:
+    """What a recording or a window shows now (H, W, 3): the rendered frame, and for frames
+    (Atari) what the network sees beside it."""
+    try:
+        frame = envs.render()[0]
+    except gym.error.DependencyNotInstalled as error:  # classic control draws with pygame
+        raise UserError(f"drawing the environment's frames needs a package that is missing ({error}); pip install -r requirements.txt") from None
+    if frame is None:
+        raise UserError(f"{envs.spec.id if envs.spec else 'this environment'} does not render rgb_array frames, so it cannot "
+                        "be recorded or watched; use --eval to print scores")
+    return atari_picture(frame, raw[0]) if raw.ndim == 4 else frame
+
+
+class Window:
+    """A window that shows pictures at the environment's speed, drawn with pygame as
+    gymnasium's own human rendering is; closing it stops like Ctrl-C."""
+
+    def __init__(self, title: str, fps: float):
+        import pygame
+
+        pygame.init()
+        pygame.display.set_caption(title)
+        self.clock, self.fps, self.display = pygame.time.Clock(), fps, None
+
+    def show(self, picture: np.ndarray) -> None:
+        import pygame
+
+        if any(event.type == pygame.QUIT for event in pygame.event.get()):
+            raise KeyboardInterrupt
+        image = pygame.surfarray.make_surface(picture.swapaxes(0, 1))  # pygame indexes pixels (x, y)
+        if self.display is None:
+            scale = max(1, 400 // picture.shape[0])  # a small picture twice as large
+            self.display = pygame.display.set_mode((image.get_width() * scale, image.get_height() * scale))
+        self.display.blit(pygame.transform.scale(image, self.display.get_size()), (0, 0))
+        pygame.display.flip()
+        self.clock.tick(self.fps)
+
+    def close(self) -> None:
+        import pygame
+
+        pygame.quit()
+
+
+@contextlib.contextmanager
+def quiet_pygame(window: bool):
+    """pygame draws the classic-control frames and the window of --watch. ppo.py plays no
+    sound and, without a window, needs no display: SDL's dummy drivers spare pygame the
+    search for them, which prints errors where there are none."""
+    settings = {"SDL_AUDIODRIVER": "dummy", **({} if window else {"SDL_VIDEODRIVER": "dummy"})}
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update({name: previous[name] or value for name, value in settings.items()})
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+
+
+def check_record_path(path: str) -> None:
+    """Raise UserError unless a recording can be written to path without replacing a file."""
+    if not path.lower().endswith(".gif"):
+        raise UserError(f"--record {path}: ppo.py records GIF animations; name the file <name>.gif")
+    if os.path.exists(path):
+        raise UserError(f"--record {path} exists, and a recording never replaces a file; choose a new name")
+    if not os.path.isdir(os.path.dirname(path) or "."):
+        raise UserError(f"--record {path}: the folder {os.path.dirname(path)} does not exist; create it or choose another path")
+
+
+def frame_milliseconds(fps: float) -> int:
+    """How long a GIF shows each picture: GIF counts time in hundredths of a second."""
+    return 10 * max(1, round(100 / fps))
+
+
+def write_animation(path: str, pictures: list, fps: float) -> None:
+    """Write pictures (Pillow images) as a GIF that loops, atomically; Pillow merges a
+    picture that repeats the one before into it, lengthening that one's duration. Pillow
+    holds a copy of every picture until it writes the file, so each leaves the list as it
+    is copied: half the memory."""
+    def handed_over():
+        while pictures:
+            yield pictures.pop(0)
+
+    first = pictures.pop(0)
+    try:
+        write_atomically(path, lambda temporary: first.save(
+            temporary, format="GIF", save_all=True, append_images=handed_over(), duration=frame_milliseconds(fps), loop=0))
+    except OSError as error:
+        raise UserError(f"cannot write {path} ({error.strerror}); free some space or choose another --record path") from None
+
+
+def look(envs: gym.vector.VectorEnv, raw: np.ndarray, window: typing.Optional[Window], pictures: typing.Optional[list]) -> None:
+    """Show the picture of now in the window, and keep it for the recording, as asked. A
+    recording keeps Pillow images of 256 colors (a third of the memory of RGB), as a GIF
+    holds them."""
+    if window is None and pictures is None:
+        return
+    now = picture(envs, raw)
+    if window:
+        window.show(now)
+    if pictures is not None:
+        from PIL import Image
+
+        pictures.append(Image.fromarray(now).quantize(256, method=Image.Quantize.FASTOCTREE))  # 5x faster than median cut
+
+
+def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu", record: typing.Optional[str] = None,
+             max_episode_steps: typing.Optional[int] = None) -> tuple[float, float]:
     """Run `episodes` episodes with the deterministic policy (argmax or mean action) of a
-    checkpoint; normalization statistics are the saved ones and are not updated."""
+    checkpoint; normalization statistics are the saved ones and are not updated. `watch`
+    shows them in a window, `record` writes them to a GIF file, and both show what
+    `picture` draws; `max_episode_steps` ends each episode after that many steps."""
     if episodes <= 0:
         raise UserError(f"--episodes must be a positive integer, got {episodes}")
+    if max_episode_steps is not None and max_episode_steps <= 0:
+        raise UserError(f"--max-episode-steps must be a positive integer, got {max_episode_steps}")
+    if record:
+        check_record_path(record)
     checkpoint = load_checkpoint(path)
     config = checkpoint["config"]
-    render_mode = None
     if watch:
-        if is_atari(config.env_id):
-            raise UserError("--watch does not support Atari (its vector environment cannot open a window); use --eval")
         if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-            raise UserError("--watch needs a display, and none is set (DISPLAY is empty); use --eval to print scores instead")
+            raise UserError("--watch needs a display, and none is set (DISPLAY is empty); use --eval to print scores "
+                            "or --eval with --record agent.gif to see them")
         if importlib.util.find_spec("pygame") is None:
             raise UserError("--watch needs pygame to draw the window: pip install pygame")
-        render_mode = "human"
     torch_device = resolve_device(device)
-    envs = make_environments(config, 1, render_mode=render_mode)
+    shown_pictures = watch or record is not None
+    envs = make_environments(config, 1, render_mode="rgb_array" if shown_pictures and not is_atari(config.env_id) else None)
+    if shown_pictures and is_atari(config.env_id):
+        envs = ScreenBeside(envs, make_screen_environment(config))
     agent = build_actor_critic(envs.single_observation_space, envs.single_action_space, config).to(torch_device)
     load_model_state(agent, checkpoint["model"], path)
     agent.eval()
@@ -1887,22 +2286,36 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu")
             envs.close()
             raise UserError(f"{path} has a damaged 'runner' entry (no observation statistics); use another checkpoint of the run") from None
     continuous = isinstance(envs.single_action_space, gym.spaces.Box)
+    # Pictures per second: Atari's frames per agent step, else what the environment says (or 30).
+    fps = ATARI_FRAMES_PER_SECOND / config.frame_skip if is_atari(config.env_id) else envs.metadata.get("render_fps") or 30
+    pictures: typing.Optional[list] = [] if record else None
     returns: list[float] = []
-    raw, _ = envs.reset(seed=config.seed + 10_000)
-    episode_return = 0.0
-    while len(returns) < episodes:
-        observations = normalizer(raw, update_statistics=False) if normalizer else raw
-        with torch.inference_mode():
-            actions = agent.deterministic_action(observation_tensor(observations, torch_device)).cpu().numpy()
-        if continuous:
-            actions = np.clip(actions, envs.single_action_space.low, envs.single_action_space.high)
-        raw, reward, terminated, truncated, _ = envs.step(actions)
-        episode_return += float(reward[0])
-        if terminated[0] or truncated[0]:
-            returns.append(episode_return)
-            episode_return = 0.0
-            raw, _ = envs.reset()
-    envs.close()
+    with quiet_pygame(window=watch), contextlib.ExitStack() as cleanup:
+        cleanup.callback(envs.close)
+        window = Window(f"ppo.py: {config.env_id}", fps) if watch else None
+        if window:
+            cleanup.callback(window.close)
+        raw, _ = envs.reset(seed=config.seed + 10_000)
+        look(envs, raw, window, pictures)
+        episode_return, episode_steps = 0.0, 0
+        while len(returns) < episodes:
+            observations = normalizer(raw, update_statistics=False) if normalizer else raw
+            with torch.inference_mode():
+                actions = agent.deterministic_action(observation_tensor(observations, torch_device)).cpu().numpy()
+            if continuous:
+                actions = np.clip(actions, envs.single_action_space.low, envs.single_action_space.high)
+            raw, reward, terminated, truncated, _ = envs.step(actions)
+            look(envs, raw, window, pictures)
+            episode_return += float(reward[0])
+            episode_steps += 1
+            if terminated[0] or truncated[0] or episode_steps == max_episode_steps:
+                returns.append(episode_return)
+                episode_return, episode_steps = 0.0, 0
+                if len(returns) < episodes:
+                    raw, _ = envs.reset()
+                    look(envs, raw, window, pictures)
+    if record:
+        write_animation(record, pictures, fps)
     return float(np.mean(returns)), float(np.std(returns))
 
 
@@ -1974,8 +2387,17 @@ def build_parser() -> argparse.ArgumentParser:
     actions = parser.add_argument_group("other actions")
     actions.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
     actions.add_argument("--eval", metavar="PATH", help="print the mean and std of the return of a checkpoint's deterministic policy")
-    actions.add_argument("--watch", metavar="PATH", help="like --eval, rendering the environment in a window")
-    actions.add_argument("--episodes", type=int, default=10, help="episodes for --eval and --watch (default: 10)")
+    actions.add_argument("--watch", metavar="PATH", help="like --eval, showing the episodes in a window (Atari: the screen "
+                         "beside what the network sees)")
+    actions.add_argument("--episodes", type=int, default=None, help="episodes for --eval and --watch (default: 10, or 1 with --record)")
+    actions.add_argument("--record", metavar="FILE", default=None, help="with --eval or --watch: also write the episodes to this "
+                         "new .gif file, as --watch shows them")
+    actions.add_argument("--max-episode-steps", type=int, default=None, metavar="STEPS",
+                         help="with --eval or --watch: end each episode after this many steps (default: at its own end)")
+    actions.add_argument("--plot", nargs="+", metavar="RUN_DIR", default=None, help="draw the learning curves of these run "
+                         "folders in one picture (runs that differ only in the seed as a median and a band) and print its path")
+    actions.add_argument("--plot-output", metavar="FILE", default=None, help="the .png file --plot writes "
+                         "(default: learning-curves.png); it replaces only a picture that --plot drew")
     return parser
 
 
@@ -2005,21 +2427,38 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is a KeyboardInterrupt
     arguments = vars(build_parser().parse_args(argv))
     resume, eval_path, watch_path = arguments.pop("resume", None), arguments.pop("eval", None), arguments.pop("watch", None)
-    episodes = arguments.pop("episodes")
+    episodes, record, max_episode_steps = arguments.pop("episodes"), arguments.pop("record"), arguments.pop("max_episode_steps")
+    plot_dirs, plot_output = arguments.pop("plot"), arguments.pop("plot_output")
+    if episodes is None:
+        episodes = 1 if record else 10
     if "hidden_sizes" in arguments:
         arguments["hidden_sizes"] = tuple(arguments["hidden_sizes"])
     try:
         if sum(path is not None for path in (resume, eval_path, watch_path)) > 1:
             raise UserError("--resume, --eval and --watch each do a different thing; give one of them")
-        if (eval_path or watch_path) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise UserError("--eval and --watch run in one process; start them with python, not torchrun")
+        if (eval_path or watch_path or plot_dirs is not None) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("--eval, --watch and --plot run in one process; start them with python, not torchrun")
+        if plot_dirs is not None:
+            if resume or eval_path or watch_path or arguments:
+                raise UserError("--plot draws runs from their folders and takes no other flag but --plot-output")
+            plot_output = plot_output or "learning-curves.png"
+            plot_runs(plot_dirs, plot_output)
+            print(plot_output)
+            return 0
+        if plot_output:
+            raise UserError("--plot-output names the picture of --plot RUN_DIR ...; give --plot too")
+        if (record or max_episode_steps) and not (eval_path or watch_path):
+            raise UserError("--record and --max-episode-steps go with --eval or --watch CHECKPOINT")
         if eval_path or watch_path:
             try:
-                mean, std = evaluate(eval_path or watch_path, episodes, watch=bool(watch_path), device=arguments.get("device", "cpu"))
+                mean, std = evaluate(eval_path or watch_path, episodes, watch=bool(watch_path), device=arguments.get("device", "cpu"),
+                                     record=record, max_episode_steps=max_episode_steps)
             except KeyboardInterrupt:
                 print("evaluation stopped", file=sys.stderr)
                 return 130
             print(f"return over {episodes} episodes: {mean:.2f} +/- {std:.2f}")
+            if record:
+                print(f"recorded to {record}")
             return 0
         if resume:
             saved = load_checkpoint(resume)["config"]
