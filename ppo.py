@@ -119,6 +119,7 @@ class Config:
     scale_rewards: bool = option(False, "divide rewards by a running std of the discounted return (continuous control)")
     clip_rewards: bool = option(False, "train on the sign of each reward (Atari); episode returns are still logged unclipped")
     frame_skip: int = option(4, "Atari: emulator frames per agent step (the last two are max-pooled)")
+    frame_size: int = option(84, "Atari: height and width of the grayscale frames the networks see; 84 as in Mnih et al. (2015), 42 has a quarter of the pixels")
     repeat_action_probability: float = option(0.0, "Atari: sticky-action probability in [0, 1); 0 as in the PPO paper, 0.25 in the ALE v5 protocol")
     env_threads: int = option(0, "Atari: threads of the C++ vector environment (0: ale-py's default)")
     torch_threads: int = option(0, "CPU threads for torch (0: torch's default); 1 is fastest for small mlps")
@@ -135,7 +136,7 @@ class Config:
             if not is_of_type(value, hints[item.name]):
                 raise UserError(f"{flag_name(item.name)} must be {type_name(hints[item.name])}, got {value!r}")
         positive = ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs",
-                    "return_window", "save_every", "frame_skip")
+                    "return_window", "save_every", "frame_skip", "frame_size")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"{flag_name(name)} must be a positive integer, got {getattr(self, name)}")
@@ -829,7 +830,7 @@ def make_environments(config: Config, num_envs: int, render_mode: typing.Optiona
             env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", num_threads=config.env_threads,
             frameskip=config.frame_skip,  # repeat each action for this many frames
             maxpool=True,  # max over the last two of them (Atari draws some sprites every other frame)
-            grayscale=True, img_height=84, img_width=84,  # one 84x84 luminance image per step
+            grayscale=True, img_height=config.frame_size, img_width=config.frame_size,  # one 84x84 (--frame-size) luminance image per step
             stack_num=3,  # the last three images, for FramePreStacking
             noop_max=30, use_fire_reset=True,  # reset: up to 30 no-ops (random starts), then FIRE to serve
             repeat_action_probability=config.repeat_action_probability,
@@ -1234,7 +1235,7 @@ def restore_runner(runner: Runner, state: dict, reset_seed: int) -> None:
 CHECKPOINT_FORMAT = 3  # 2: the optimizer state is torch.optim.Adam's; 3: the state of every rank
 # Fields that decide the shapes of the networks and of the saved state: a checkpoint is
 # only resumable if they agree.
-FIXED_ON_RESUME = ("env", "hidden_sizes", "activation", "cnn", "normalize_observations",
+FIXED_ON_RESUME = ("env", "hidden_sizes", "activation", "cnn", "frame_size", "normalize_observations",
                    "num_envs", "num_steps", "scale_rewards")
 
 
@@ -1453,7 +1454,7 @@ def single_spaces(config: Config) -> tuple[gym.Space, gym.Space]:
     """One environment's spaces, from one copy (Atari's are fixed by the preprocessing)."""
     if is_atari(config.env_id):
         check_environment(config.env_id)
-        return gym.spaces.Box(0, 255, (3, 84, 84), np.uint8), gym.spaces.Discrete(18)
+        return gym.spaces.Box(0, 255, (3, config.frame_size, config.frame_size), np.uint8), gym.spaces.Discrete(18)
     envs = make_environments(config, 1)
     spaces = envs.single_observation_space, envs.single_action_space
     envs.close()
@@ -2332,7 +2333,7 @@ FLAG_FAMILIES = {
                       "gae_lambda", "normalize_advantages"),
     "networks": ("hidden_sizes", "activation", "cnn", "log_std_init"),
     "continuous control": ("normalize_observations", "observation_clip", "scale_rewards"),
-    "Atari": ("clip_rewards", "frame_skip", "repeat_action_probability"),
+    "Atari": ("clip_rewards", "frame_skip", "frame_size", "repeat_action_probability"),
     "stopping and logging": ("target_return", "return_window", "save_every", "tensorboard"),
 }
 

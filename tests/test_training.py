@@ -111,6 +111,19 @@ def test_pong_trains_end_to_end_for_a_few_iterations(tmp_path):
     assert checkpoint["env_id"] == "ALE/Pong-v5" and checkpoint["runner"]["environment"] is None
 
 
+def test_pong_at_a_frame_size_of_42_sees_42x42_frames_and_trains(tmp_path):
+    config = ppo.make_config("Pong", num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2,
+                             total_steps=128, frame_size=42, run_dir=str(tmp_path))
+    assert ppo.single_spaces(config)[0].shape == (3, 42, 42)
+    metrics = ppo.ppo(config)
+    assert metrics["iteration"] == 2
+    checkpoint = torch.load(metrics["checkpoint"], weights_only=True)
+    assert tuple(checkpoint["runner"]["raw_observations"].shape) == (2, 3, 42, 42)
+    # The networks' shapes depend on it: a resume at another size is refused.
+    with pytest.raises(ppo.UserError, match="frame_size=42"):
+        ppo.ppo(ppo.dataclasses.replace(config, frame_size=84, total_steps=256, run_dir=None), resume=metrics["checkpoint"])
+
+
 def test_generic_environment_ids_choose_actor_and_network_from_their_spaces(tmp_path):
     acrobot = ppo.make_config("Acrobot-v1", total_steps=256, num_envs=2, num_steps=64, run_dir=str(tmp_path / "a"))
     assert ppo.ppo(acrobot)["status"] == "finished"
