@@ -1411,6 +1411,12 @@ def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float
 # ---------------------------------------------------------------------------------------
 
 
+def started_by_torchrun() -> bool:
+    """Whether torchrun started this process as one of K > 1 (it sets WORLD_SIZE, RANK,
+    LOCAL_RANK and the rendezvous address)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def is_first_process() -> bool:
     """Whether this is the process that prints and writes: the only one, or torchrun's rank 0."""
     return os.environ.get("RANK", "0") == "0"
@@ -1877,10 +1883,10 @@ def plot_runs(run_dirs: list[str], output: str) -> None:
 
 @contextlib.contextmanager
 def process_group(device: torch.device):
-    """Under torchrun with K > 1 processes (it sets WORLD_SIZE, RANK, LOCAL_RANK and the
-    rendezvous address), join the others for the run and leave at its end; give the
-    device, which for CUDA is GPU LOCAL_RANK of this machine. Otherwise only the device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """Under torchrun with K > 1 processes, join the others for the run and leave at its
+    end; give the device, which for CUDA is GPU LOCAL_RANK of this machine. Otherwise only
+    the device."""
+    if not started_by_torchrun():
         yield device
         return
     if device.type == "cuda":
@@ -2437,7 +2443,7 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
     try:
         if sum(path is not None for path in (resume, eval_path, watch_path)) > 1:
             raise UserError("--resume, --eval and --watch each do a different thing; give one of them")
-        if (eval_path or watch_path or plot_dirs is not None) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if (eval_path or watch_path or plot_dirs is not None) and started_by_torchrun():
             raise UserError("--eval, --watch and --plot run in one process; start them with python, not torchrun")
         if plot_dirs is not None:
             if resume or eval_path or watch_path or arguments:
@@ -2480,7 +2486,7 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
 
 if __name__ == "__main__":
     status = main()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if started_by_torchrun():
         # Under torchrun, leave without the interpreter's teardown, where a thread of gloo
         # can abort the process (pytorch/pytorch#179291) after the run has ended well: by
         # now the group is destroyed and every file written and closed.
