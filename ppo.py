@@ -813,6 +813,18 @@ def check_environment(env_id: str) -> None:
         raise UserError(f"unknown environment {env_id!r}: {hint}")
 
 
+def atari_game_settings(config: Config) -> dict:
+    """How ale-py plays an Atari game here, apart from the picture it returns."""
+    return dict(
+        frameskip=config.frame_skip,  # repeat each action for this many frames
+        noop_max=30, use_fire_reset=True,  # reset: up to 30 no-ops (random starts), then FIRE to serve
+        repeat_action_probability=config.repeat_action_probability,
+        episodic_life=False,  # an episode is a whole game, not one life
+        max_num_frames_per_episode=108_000,  # 30 minutes of play at 60 frames per second
+        reward_clipping=False,  # the Runner clips (--clip-rewards) and logs the true score
+    )
+
+
 def make_environments(config: Config, num_envs: int, render_mode: typing.Optional[str] = None) -> gym.vector.VectorEnv:
     """N copies of the environment behind one vectorized step, all in NEXT_STEP autoreset.
 
@@ -828,15 +840,10 @@ def make_environments(config: Config, num_envs: int, render_mode: typing.Optiona
     if is_atari(env_id):
         envs = gym.make_vec(
             env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", num_threads=config.env_threads,
-            frameskip=config.frame_skip,  # repeat each action for this many frames
-            maxpool=True,  # max over the last two of them (Atari draws some sprites every other frame)
+            **atari_game_settings(config),
+            maxpool=True,  # max over the last two frames of each step (Atari draws some sprites every other frame)
             grayscale=True, img_height=config.frame_size, img_width=config.frame_size,  # one 84x84 (--frame-size) luminance image per step
             stack_num=3,  # the last three images, for FramePreStacking
-            noop_max=30, use_fire_reset=True,  # reset: up to 30 no-ops (random starts), then FIRE to serve
-            repeat_action_probability=config.repeat_action_probability,
-            episodic_life=False,  # an episode is a whole game, not one life
-            max_num_frames_per_episode=108_000,  # 30 minutes of play at 60 frames per second
-            reward_clipping=False,  # the Runner clips (--clip-rewards) and logs the true score
         )
     elif gym.spec(env_id).vector_entry_point is not None and render_mode is None:
         envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
@@ -1265,17 +1272,23 @@ def checkpoint_state(training: Training, config: Config, completed_iterations: i
     }
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write atomically: a crash or a full disk mid-write leaves the previous checkpoint
-    intact, and no temporary file behind."""
+def write_atomically(path: str, write: typing.Callable[[str], None]) -> None:
+    """Call write(temporary) to write a file, then rename it to path: path holds the old
+    file or the whole new one, never a part, and no temporary file stays behind."""
     temporary = f"{path}.{os.getpid()}.tmp"  # unique, so two writers never share one
     try:
-        torch.save(state, temporary)
+        write(temporary)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write atomically: a crash or a full disk mid-write leaves the previous checkpoint
+    intact, and no temporary file behind."""
+    write_atomically(path, lambda temporary: torch.save(state, temporary))
 
 
 def config_from_dict(values: dict) -> Config:
@@ -1579,28 +1592,10 @@ def run_folder_writes(run_dir: str, checkpoint_path: str):
 
 def write_run_file(path: str, text: str) -> None:
     """Replace a small file of the run folder atomically, like a checkpoint."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
+    def write(temporary: str) -> None:
         with open(temporary, "w") as file:
             file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def write_atomically(path: str, write: typing.Callable[[str], None]) -> None:
-    """Call write(temporary) to write a file, then rename it to path: path holds the old
-    file or the whole new one, never a part, and no temporary file stays behind."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    write_atomically(path, write)
 
 
 METRIC_COLUMNS = ("iteration", "global_step", "wall_seconds", "mean_return", "episodes", *UPDATE_DIAGNOSTICS,
@@ -2076,17 +2071,15 @@ def make_screen_environment(config: Config) -> gym.vector.VectorEnv:
     """A second copy of one Atari game, whose observation is the full-color screen.
 
     ale-py's vector environment, which training uses, cannot render. This copy is made
-    with the game settings of make_environments (frame skip, up to 30 no-ops and FIRE at
-    reset, sticky actions, the frame limit) and differs only in the picture it returns:
+    with the same atari_game_settings (frame skip, up to 30 no-ops and FIRE at reset,
+    sticky actions, the frame limit) and differs only in the picture it returns:
     the last frame of each step, in color, at full size. The emulator is deterministic
     given the seed and the actions, so stepped with the same ones as the game the policy
     sees, it plays the same game frame for frame (tests/test_see_the_agent.py checks it).
     """
     return gym.make_vec(
         config.env_id, num_envs=1, vectorization_mode="vector_entry_point", num_threads=1,
-        frameskip=config.frame_skip, noop_max=30, use_fire_reset=True,
-        repeat_action_probability=config.repeat_action_probability, episodic_life=False,
-        max_num_frames_per_episode=108_000, reward_clipping=False,
+        **atari_game_settings(config),
         maxpool=False, grayscale=False, img_height=ATARI_SCREEN[0], img_width=ATARI_SCREEN[1], stack_num=1,
     )
 
