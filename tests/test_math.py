@@ -372,3 +372,27 @@ def test_the_penalized_objective_has_the_gradient_of_its_per_sample_form():
         naive = naive - (ratio * advantages[i] - beta * torch.distributions.kl_divergence(old, new)) / 5
     (naive_gradient,) = torch.autograd.grad(naive, logits)
     torch.testing.assert_close(gradient, naive_gradient)
+
+
+def test_bfloat16_runs_the_cnn_in_bfloat16_and_hands_float32_to_the_heads():
+    frames = gym.spaces.Box(0, 255, (3, 84, 84), np.uint8)
+    config = ppo.make_config("Pong", cnn="small")
+    torch.manual_seed(0)
+    full = ppo.build_actor_critic(frames, gym.spaces.Discrete(6), config)
+    low = ppo.build_actor_critic(frames, gym.spaces.Discrete(6), ppo.dataclasses.replace(config, precision="bfloat16"))
+    assert low.state_dict().keys() == full.state_dict().keys()  # a checkpoint serves either precision
+    low.load_state_dict(full.state_dict())
+    observations = torch.randint(0, 256, (8, 3, 84, 84), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    exact, rounded = full.features(observations), low.features(observations)
+    assert rounded.dtype == torch.float32 and all(weight.dtype == torch.float32 for weight in low.parameters())
+    # bfloat16 keeps 8 bits of mantissa: close to float32, and not equal to it (autocast is on).
+    assert not torch.equal(rounded, exact)
+    torch.testing.assert_close(rounded, exact, atol=0.05 * exact.abs().max().item(), rtol=0)
+    log_probs, _, values, _ = low.evaluate(observations, torch.zeros(8, dtype=torch.int64))
+    (log_probs.sum() + values.sum()).backward()
+    first_convolution = low.encoder[1][0].weight
+    assert first_convolution.grad is not None and first_convolution.grad.dtype == torch.float32
+    # Vector observations have no cnn: the setting leaves their mlps in float32.
+    vector = ppo.build_actor_critic(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2),
+                                    ppo.make_config("CartPole", precision="bfloat16"))
+    assert not vector.bfloat16

@@ -194,3 +194,14 @@ def test_pendulum_learns_within_a_step_budget(tmp_path):
     metrics = ppo.ppo(config)
     assert metrics["status"] == "solved" and metrics["mean_return"] >= -400
     assert metrics["global_step"] <= 100_000
+
+
+def test_pong_trains_in_bfloat16_and_resumes_in_float32(tmp_path):
+    config = ppo.make_config("Pong", num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2,
+                             total_steps=128, anneal_lr=False, precision="bfloat16", run_dir=str(tmp_path / "low"))
+    metrics = ppo.ppo(config)
+    assert metrics["status"] == "finished" and math.isfinite(metrics["policy_loss"])
+    # The weights are float32 either way, so the precision may change on resume.
+    resumed = ppo.ppo(ppo.dataclasses.replace(config, precision="float32", total_steps=256, run_dir=None),
+                      resume=metrics["checkpoint"])
+    assert resumed["status"] == "finished" and resumed["iteration"] == 4
