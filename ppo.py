@@ -1468,7 +1468,8 @@ class RunFolderUnwritable(Exception):
     """Writing into the run folder failed: a full disk, a read-only or vanished folder."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, precision: str = "float32") -> torch.device:
+    """The torch device of --device, checked to exist and to run the chosen --precision."""
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -1479,6 +1480,9 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices; use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device {name!r} is not supported; use cpu or cuda")
+    if precision == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():  # before Ampere
+        raise UserError(f"--precision bfloat16: {torch.cuda.get_device_name(device)} has no bfloat16 arithmetic; "
+                        "use --precision float32")
     return device
 
 
@@ -1959,7 +1963,7 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
     Started by torchrun with K processes, each is one rank of a data-parallel run
     (section 5): rank 0 alone claims the run folder, writes to it and prints.
     """
-    with process_group(resolve_device(config.device)) as device:
+    with process_group(resolve_device(config.device, config.precision)) as device:
         check_split(config)
         checkpoint = load_checkpoint(resume) if resume else None
         if checkpoint:
@@ -2282,7 +2286,7 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu",
                             "or --eval with --record agent.gif to see them")
         if importlib.util.find_spec("pygame") is None:
             raise UserError("--watch needs pygame to draw the window: pip install pygame")
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, config.precision)
     shown_pictures = watch or record is not None
     envs = make_environments(config, 1, render_mode="rgb_array" if shown_pictures and not is_atari(config.env_id) else None)
     if shown_pictures and is_atari(config.env_id):

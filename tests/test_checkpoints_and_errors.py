@@ -221,6 +221,17 @@ def test_cuda_without_cuda_is_refused(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
+def test_bfloat16_on_a_gpu_without_it_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    assert ppo.main(["--env", "Pong", "--device", "cuda", "--precision", "bfloat16", "--run-dir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --precision bfloat16: Tesla V100 has no bfloat16 arithmetic; use --precision float32"]
+    assert not (tmp_path / "run").exists()
+
+
 def test_atari_without_ale_py_gives_the_install_hint(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ale_py" else real_find_spec(name, *a))
     assert ppo.main(["--env", "Pong", "--run-dir", str(tmp_path / "run")]) == 2
