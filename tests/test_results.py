@@ -6,8 +6,9 @@ import os
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# One file per run of the Pong preset, one row per finished game (the bench recorder).
-PONG_CURVES = ["pong-cpu.csv", *sorted(os.path.basename(path) for path in glob.glob(os.path.join(HERE, "results", "pong-preset-*.csv")))]
+# One file per run of Pong that beat the built-in AI (the preset, and the learning rate it
+# replaced), one row per finished game (the bench recorder).
+PONG_CURVES = ["pong-cpu.csv", *sorted(os.path.basename(path) for path in glob.glob(os.path.join(HERE, "results", "pong-*-seed*.csv")))]
 
 
 @pytest.mark.parametrize("name", PONG_CURVES)
