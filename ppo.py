@@ -1488,24 +1488,24 @@ def resolve_device(name: str, precision: str = "float32") -> torch.device:
     return device
 
 
-# mallopt parameters (glibc's malloc.h), and the largest mmap threshold glibc accepts on 64 bits.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, LARGEST_MMAP_THRESHOLD = -1, -3, 32 * 2**20
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers, from glibc's malloc.h
 
 
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for the next allocation rather than give it
     back to the operating system; return whether it was done (Linux with glibc only).
 
-    torch allocates CPU tensors with malloc, and a training step allocates and frees the
-    same large tensors again and again (a minibatch of 256 Atari observations is 22 MB in
-    float32, its activations several MB). By default glibc hands blocks that large back
-    to the kernel when they are freed, so every new one page-faults its memory in again.
-    Raising both thresholds keeps them in the process, a lasting cost of the peak memory
-    of one step. Measured on the Pong preset, README.md "Pong: levers for a faster CPU run"."""
+    torch allocates CPU tensors with malloc, and an update allocates and frees the same
+    large tensors at every minibatch (256 Atari observations are 22 MB in float32, their
+    activations several MB). glibc's thresholds adapt to what is freed, and in this loop
+    they often hand such blocks back to the kernel, so the next one page-faults its memory
+    in again. Here blocks up to 32 MiB (the largest mmap threshold glibc accepts on 64 bits)
+    come from the heap, and up to 1 GiB of free heap is kept: the peak memory of one update
+    stays allocated. Measured on Pong: README.md, "Pong: levers for a faster CPU run"."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)  # the C library this interpreter already runs on
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, LARGEST_MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, 2**30))
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and libc.mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
 def single_spaces(config: Config) -> tuple[gym.Space, gym.Space]:

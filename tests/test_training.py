@@ -1,6 +1,10 @@
 """End-to-end behaviour: learning within step budgets, determinism, the Atari and the
 continuous-control pipelines."""
 import math
+import os
+import platform
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -205,3 +209,39 @@ def test_pong_trains_in_bfloat16_and_resumes_in_float32(tmp_path):
     resumed = ppo.ppo(ppo.dataclasses.replace(config, precision="float32", total_steps=256, run_dir=None),
                       resume=metrics["checkpoint"])
     assert resumed["status"] == "finished" and resumed["iteration"] == 4
+
+
+# A fresh interpreter allocates, writes and frees four 22 MB tensors at a time, as an update
+# does with a minibatch of 256 Atari observations and its activations, and counts minor page
+# faults before and after keep_freed_memory. glibc's mmap threshold starts at 128 KB and
+# adapts to what is freed, so whether the default faults depends on the order of earlier
+# allocations; the environment variable holds it at its starting value, the default's
+# worst case, to make "before" certain.
+FAULTS_SCRIPT = """
+import resource, sys, torch
+sys.path.insert(0, sys.argv[1])
+import ppo
+def faults_of_ten_rounds():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        tensors = [torch.ones(256, 3, 84, 84) for _ in range(4)]  # 22 MB each, every page written
+        del tensors
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults_of_ten_rounds()  # torch's own first allocations
+default = faults_of_ten_rounds()
+kept = ppo.keep_freed_memory()
+faults_of_ten_rounds()  # the first rounds after fill the kept memory once
+print(default, kept, faults_of_ten_rounds())
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keep_freed_memory_stops_large_tensors_from_page_faulting_in_again():
+    result = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, os.path.dirname(os.path.abspath(ppo.__file__))],
+                            env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)},
+                            capture_output=True, text=True, timeout=120)
+    default, kept, after = result.stdout.split()
+    pages = 10 * 4 * 256 * 3 * 84 * 84 * 4 // 4096  # the pages the 40 tensors write
+    assert kept == "True"
+    assert int(default) > pages / 2  # the 40 tensors fault their pages in anew
+    assert int(after) < pages / 100
