@@ -230,7 +230,7 @@ def faults_of_ten_rounds():
 faults_of_ten_rounds()  # torch's own first allocations
 default = faults_of_ten_rounds()
 kept = ppo.keep_freed_memory()
-faults_of_ten_rounds()  # the first rounds after fill the kept memory once
+faults_of_ten_rounds()  # the first round after fills the kept memory once
 print(default, kept, faults_of_ten_rounds())
 """
 
@@ -240,6 +240,7 @@ def test_keep_freed_memory_stops_large_tensors_from_page_faulting_in_again():
     result = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, os.path.dirname(os.path.abspath(ppo.__file__))],
                             env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)},
                             capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
     default, kept, after = result.stdout.split()
     pages = 10 * 4 * 256 * 3 * 84 * 84 * 4 // 4096  # the pages the 40 tensors write
     assert kept == "True"
