@@ -115,7 +115,7 @@ class Config:
     hidden_sizes: typing.Tuple[int, ...] = option((64, 64), "widths of the hidden layers of the mlp actor and critic")
     activation: typing.Literal["tanh", "relu"] = option("tanh", "activation of the mlp: tanh or relu")
     cnn: typing.Literal["nature", "small"] = option("nature", "convolutional network for image observations: nature (32-64-64 conv, 512 linear) or small (16-32 conv, 256 linear)")
-    precision: typing.Literal["float32", "bfloat16"] = option("float32", "number format of the cnn (image observations): float32, or bfloat16 through torch.autocast, faster for the nature cnn where the CPU or GPU has bf16 units; weights, heads and losses stay float32")
+    precision: typing.Literal["float32", "bfloat16"] = option("float32", "number format of the cnn (image observations): float32, or bfloat16 through torch.autocast, faster where the CPU or GPU has bf16 units and much slower on a CPU without AVX-512; weights, heads and losses stay float32")
     log_std_init: float = option(0.0, "initial log standard deviation of the Gaussian actor (continuous actions); -10 to 2, typically -1 to 0")
     normalize_observations: bool = option(False, "normalize observations by a running mean and std (continuous control)")
     observation_clip: float = option(10.0, "clip normalized observations to [-c, c]")
@@ -1508,6 +1508,17 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and libc.mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
+# What torch.backends.cpu.get_cpu_capability() says on x86 CPUs without AVX-512.
+CPUS_WITHOUT_FAST_BFLOAT16 = ("NO AVX", "AVX2")
+
+
+def bfloat16_is_slow(device: torch.device) -> bool:
+    """Whether autocast's bfloat16 is known to run slower than float32 here: on a CPU whose
+    widest vector instructions are AVX2 the Pong preset trained 5.8x slower in bfloat16
+    (README.md, "bfloat16" in "Pong: levers for a faster CPU run"). Unmeasured elsewhere."""
+    return device.type == "cpu" and torch.backends.cpu.get_cpu_capability() in CPUS_WITHOUT_FAST_BFLOAT16
+
+
 def single_spaces(config: Config) -> tuple[gym.Space, gym.Space]:
     """One environment's spaces, from one copy (Atari's are fixed by the preprocessing)."""
     if is_atari(config.env_id):
@@ -2012,6 +2023,9 @@ def train(config: Config, device: torch.device, run_dir: str, checkpoint: typing
     keep_freed_memory()
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     training = build_training(config, device)
+    if training.agent.bfloat16 and bfloat16_is_slow(device):
+        say(f"note: --precision bfloat16 on a CPU without AVX-512 ({torch.backends.cpu.get_cpu_capability()}) is slow: "
+            "the Pong preset trained 5.8x slower than in float32 on an AVX2 AMD EPYC; --precision float32 is faster here")
     try:
         start_iteration, global_step = restore_training(training, checkpoint, resume, config, device) if checkpoint else (0, 0)
     except BaseException:

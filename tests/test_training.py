@@ -200,15 +200,26 @@ def test_pendulum_learns_within_a_step_budget(tmp_path):
     assert metrics["global_step"] <= 100_000
 
 
-def test_pong_trains_in_bfloat16_and_resumes_in_float32(tmp_path):
+def test_pong_trains_in_bfloat16_and_resumes_in_float32(tmp_path, capsys, monkeypatch):
+    # As on a CPU without AVX-512, where bfloat16 runs slower than float32: the run says so.
+    monkeypatch.setattr(ppo.torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     config = ppo.make_config("Pong", num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2,
                              total_steps=128, anneal_lr=False, precision="bfloat16", run_dir=str(tmp_path / "low"))
     metrics = ppo.ppo(config)
     assert metrics["status"] == "finished" and math.isfinite(metrics["policy_loss"])
+    assert "note: --precision bfloat16 on a CPU without AVX-512 (AVX2) is slow" in capsys.readouterr().out
     # The weights are float32 either way, so the precision may change on resume.
     resumed = ppo.ppo(ppo.dataclasses.replace(config, precision="float32", total_steps=256, run_dir=None),
                       resume=metrics["checkpoint"])
     assert resumed["status"] == "finished" and resumed["iteration"] == 4
+    assert "--precision bfloat16" not in capsys.readouterr().out
+
+
+def test_bfloat16_is_called_slow_only_on_a_cpu_without_avx512(monkeypatch):
+    for capability, slow in [("AVX2", True), ("NO AVX", True), ("AVX512", False), ("SVE256", False)]:
+        monkeypatch.setattr(ppo.torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        assert ppo.bfloat16_is_slow(ppo.torch.device("cpu")) == slow
+        assert not ppo.bfloat16_is_slow(ppo.torch.device("cuda"))
 
 
 # A fresh interpreter allocates, writes and frees four 22 MB tensors at a time, as an update
