@@ -683,6 +683,17 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return count_and_sum[1] / count_and_sum[0]
 
 
+def variance_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The unbiased variance of `values` joined over all ranks, from their count, sum and
+    sum of squares (in float64, where the difference of the last two loses little)."""
+    if world_size() == 1:
+        return values.var()
+    count, total, squares = sum_over_ranks(torch.stack((
+        torch.tensor(float(values.numel()), dtype=torch.float64, device=values.device),
+        values.double().sum(), values.double().square().sum())))
+    return ((squares - total * total / count) / (count - 1)).float()
+
+
 def minibatch_statistics(advantages: torch.Tensor, minibatches: list[torch.Tensor]) -> typing.Optional[list]:
     """For each minibatch of an epoch (indices into this rank's batch): this rank's share of
     it, n_r K / n, and the mean and std of its advantages over all ranks. A loss (a mean
@@ -1008,9 +1019,10 @@ def clip_fraction(new_log_probs, old_log_probs, clip_coef):
 
 
 def explained_variance(values, returns):
-    """1 - Var[R - V] / Var[R]: 1 is a perfect critic, 0 no better than a constant."""
-    variance = returns.var()
-    return float("nan") if variance == 0 else float(1.0 - (returns - values).var() / variance)
+    """1 - Var[R - V] / Var[R] over the whole batch, all ranks' parts of it: 1 is a perfect
+    critic, 0 no better than a constant."""
+    variance = variance_over_ranks(returns)
+    return float("nan") if variance == 0 else float(1.0 - variance_over_ranks(returns - values) / variance)
 
 
 def normalize(advantages, mean=None, std=None):

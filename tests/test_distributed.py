@@ -108,6 +108,30 @@ def test_the_gradient_averaged_over_two_parts_of_a_minibatch_is_the_whole_miniba
     assert any(gradient.abs().max() > 1e-3 for gradient in whole)
 
 
+def critic_and_returns():
+    """Values and returns whose two parts differ: rank 0's critic errs less than rank 1's."""
+    generator = torch.Generator().manual_seed(2)
+    values = torch.randn(SAMPLES, generator=generator)
+    errors = torch.randn(SAMPLES, generator=generator)
+    errors[FIRST_PART:] *= 3.0
+    return values, values + 0.5 * errors
+
+
+def explained_variance_of_a_part(folder):
+    part = slice(0, FIRST_PART) if dist.get_rank() == 0 else slice(FIRST_PART, SAMPLES)
+    values, returns = critic_and_returns()
+    torch.save(ppo.explained_variance(values[part], returns[part]), os.path.join(folder, f"rank{dist.get_rank()}.pt"))
+
+
+def test_the_explained_variance_logged_by_two_ranks_is_that_of_the_whole_batch(tmp_path):
+    values, returns = critic_and_returns()
+    whole = ppo.explained_variance(values, returns)
+    on_two_ranks(explained_variance_of_a_part, str(tmp_path))
+    logged = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert logged[0] == logged[1] == pytest.approx(whole, abs=1e-6)
+    assert abs(ppo.explained_variance(values[:FIRST_PART], returns[:FIRST_PART]) - whole) > 0.1  # rank 0's alone differs
+
+
 # Training on two ranks ----------------------------------------------------------------------
 
 def small(env, **overrides):
