@@ -1086,13 +1086,14 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
             optimizer.step()
             for name, value in zip(UPDATE_DIAGNOSTICS, (policy_loss, critic_loss, entropy, kl,
                                                 clip_fraction(new_log_probs.detach(), old_log_probs, config.clip_coef))):
-                totals[name] += value.detach()
+                totals[name] += value.detach() * share  # weighted as the loss: summed over ranks, the whole minibatch's mean
             gradient_steps += 1
     return mean_losses(totals, gradient_steps)
 
 
 def mean_losses(totals: dict[str, torch.Tensor], gradient_steps: int) -> dict[str, float]:
-    """Means over the gradient steps and over ranks."""
+    """Means over the gradient steps and over ranks: each rank's values were weighted by its
+    share of each minibatch, so these are the means over the whole minibatches."""
     totals = dict(zip(totals, sum_over_ranks(torch.stack(list(totals.values()))) / world_size()))
     return {name: total.item() / max(gradient_steps, 1) for name, total in totals.items()}
 

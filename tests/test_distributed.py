@@ -79,33 +79,37 @@ def minibatch(agent, objective):
 
 
 def gradient_of_update(batch, config):
-    """-(change of the weights) after one update with SGD at step size 1: the gradient."""
+    """-(change of the weights) after one update with SGD at step size 1: the gradient; and
+    the update's diagnostics."""
     agent = fresh_agent(config)
     before = [weight.detach().clone() for weight in agent.parameters()]
-    ppo.update(agent, torch.optim.SGD(agent.parameters(), lr=1.0), batch, config)
-    return [old - new.detach() for old, new in zip(before, agent.parameters())]
+    losses = ppo.update(agent, torch.optim.SGD(agent.parameters(), lr=1.0), batch, config)
+    return [old - new.detach() for old, new in zip(before, agent.parameters())], losses
 
 
 def update_on_a_part(folder, objective):
     config = update_config(objective)
     batch = minibatch(fresh_agent(config), objective)
     part = slice(0, FIRST_PART) if dist.get_rank() == 0 else slice(FIRST_PART, SAMPLES)
-    gradient = gradient_of_update({name: values[part] for name, values in batch.items()}, config)
-    torch.save(gradient, os.path.join(folder, f"rank{dist.get_rank()}.pt"))
+    gradient_and_losses = gradient_of_update({name: values[part] for name, values in batch.items()}, config)
+    torch.save(gradient_and_losses, os.path.join(folder, f"rank{dist.get_rank()}.pt"))
 
 
 @pytest.mark.parametrize("objective", ["clip", "kl-penalty"])
 def test_the_gradient_averaged_over_two_parts_of_a_minibatch_is_the_whole_minibatchs(tmp_path, objective):
     """Parts of unequal size and advantage statistics: without the advantage statistics of
-    the whole minibatch, or without weighting each part by its size, this fails."""
+    the whole minibatch, or without weighting each part by its size, this fails. The logged
+    diagnostics are the whole minibatch's too."""
     config = update_config(objective)
-    whole = gradient_of_update(minibatch(fresh_agent(config), objective), config)
+    whole, whole_losses = gradient_of_update(minibatch(fresh_agent(config), objective), config)
     on_two_ranks(update_on_a_part, str(tmp_path), objective)
-    parts = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
-    for expected, rank_0, rank_1 in zip(whole, *parts):
+    (rank_0_gradient, rank_0_losses), (rank_1_gradient, rank_1_losses) = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    for expected, rank_0, rank_1 in zip(whole, rank_0_gradient, rank_1_gradient):
         assert torch.equal(rank_0, rank_1)  # one averaged gradient on both ranks
         torch.testing.assert_close(rank_0, expected, rtol=1e-5, atol=1e-6)  # equal up to rounding
     assert any(gradient.abs().max() > 1e-3 for gradient in whole)
+    assert rank_0_losses == rank_1_losses
+    assert rank_0_losses == pytest.approx(whole_losses, rel=1e-5, abs=1e-6)
 
 
 def critic_and_returns():
