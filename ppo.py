@@ -133,7 +133,7 @@ class Config:
     tensorboard: bool = option(False, "also write TensorBoard scalars to the run folder (needs the tensorboard package)")
 
     def __post_init__(self):
-        hints = typing.get_type_hints(Config)
+        hints = typing.get_type_hints(Config, globalns=globals())  # this file's names, even when run by python -m cProfile
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
             if not is_of_type(value, hints[item.name]):
@@ -2429,7 +2429,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, resume or evaluate PPO. Flags left out take the preset's value "
                     "(CartPole, Pendulum, Pong) or the generic default shown.",
         argument_default=argparse.SUPPRESS)
-    hints = typing.get_type_hints(Config)
+    hints = typing.get_type_hints(Config, globalns=globals())
     defaults = {item.name: item for item in dataclasses.fields(Config)}
     for family, names in FLAG_FAMILIES.items():
         group = parser.add_argument_group(family)

@@ -153,6 +153,16 @@ def test_run_folder_holds_the_config_the_metrics_and_the_checkpoint(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["env"] == "CartPole"
 
 
+def test_a_run_under_the_profiler_trains_and_writes_its_profile(tmp_path):
+    """python -m cProfile runs ppo.py in a namespace that is not a module: the flags' types
+    must still be found."""
+    command = [sys.executable, "-m", "cProfile", "-o", str(tmp_path / "profile"), "ppo.py", "--env", "CartPole",
+               "--total-steps", "512", "--run-dir", str(tmp_path / "run")]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert (tmp_path / "profile").stat().st_size > 0 and (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_help_documents_every_flag_in_full_words(capsys):
     with pytest.raises(SystemExit):
         ppo.main(["--help"])
