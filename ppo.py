@@ -644,8 +644,8 @@ class PPOBuffer:
 # ---------------------------------------------------------------------------------------
 # Under `torchrun`, K processes ("ranks") each step N / K of the environments and hold
 # their share of every batch. They stay one learner by agreeing wherever PPO takes a mean
-# over the batch: the gradient, the advantage statistics, the normalizers' statistics and
-# the episode returns. Each helper below is the identity in a single process, so one
+# over the batch: the gradient, the advantage statistics, the normalizers' statistics, the
+# episode returns and the logged diagnostics. Each helper below is the identity in a single process, so one
 # process runs exactly the code it would run without them.
 
 
@@ -684,14 +684,16 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
 
 
 def variance_over_ranks(values: torch.Tensor) -> torch.Tensor:
-    """The unbiased variance of `values` joined over all ranks, from their count, sum and
-    sum of squares (in float64, where the difference of the last two loses little)."""
+    """The unbiased variance of `values` joined over all ranks, in two passes as torch.var
+    computes it: the mean over all ranks, then the squared deviations from it (so equal
+    values give exactly 0, which a sum of squares minus a squared sum need not)."""
     if world_size() == 1:
         return values.var()
-    count, total, squares = sum_over_ranks(torch.stack((
+    values = values.double()
+    count, squares = sum_over_ranks(torch.stack((
         torch.tensor(float(values.numel()), dtype=torch.float64, device=values.device),
-        values.double().sum(), values.double().square().sum())))
-    return ((squares - total * total / count) / (count - 1)).float()
+        (values - mean_over_ranks(values)).square().sum())))
+    return (squares / (count - 1)).float()
 
 
 def minibatch_statistics(advantages: torch.Tensor, minibatches: list[torch.Tensor]) -> typing.Optional[list]:

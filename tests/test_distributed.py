@@ -2,6 +2,7 @@
 CPU with gloo and 2 ranks, the update over two parts of a minibatch equals the update
 over the whole in one process; ranks keep identical weights and step disjoint
 environments; and torchrun trains, resumes, stops on a signal and spans two launchers."""
+import math
 import os
 import signal
 import socket
@@ -124,15 +125,20 @@ def critic_and_returns():
 def explained_variance_of_a_part(folder):
     part = slice(0, FIRST_PART) if dist.get_rank() == 0 else slice(FIRST_PART, SAMPLES)
     values, returns = critic_and_returns()
-    torch.save(ppo.explained_variance(values[part], returns[part]), os.path.join(folder, f"rank{dist.get_rank()}.pt"))
+    # Returns without variance, 400 on rank 0 and 600 on rank 1: a sum of squares minus a
+    # squared sum over the 1,000 leaves -7e-12 here, not 0.
+    constant = torch.full((400 if dist.get_rank() == 0 else 600,), -5.856578)
+    torch.save([ppo.explained_variance(values[part], returns[part]), ppo.explained_variance(torch.zeros_like(constant), constant)],
+               os.path.join(folder, f"rank{dist.get_rank()}.pt"))
 
 
 def test_the_explained_variance_logged_by_two_ranks_is_that_of_the_whole_batch(tmp_path):
     values, returns = critic_and_returns()
     whole = ppo.explained_variance(values, returns)
     on_two_ranks(explained_variance_of_a_part, str(tmp_path))
-    logged = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
-    assert logged[0] == logged[1] == pytest.approx(whole, abs=1e-6)
+    (rank_0, rank_0_of_constant), (rank_1, rank_1_of_constant) = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert rank_0 == rank_1 == pytest.approx(whole, abs=1e-6)
+    assert math.isnan(rank_0_of_constant) and math.isnan(rank_1_of_constant)  # returns without variance: undefined, as in one process
     assert abs(ppo.explained_variance(values[:FIRST_PART], returns[:FIRST_PART]) - whole) > 0.1  # rank 0's alone differs
 
 
