@@ -84,7 +84,7 @@ def gradient_of_update(batch, config):
     the update's diagnostics."""
     agent = fresh_agent(config)
     before = [weight.detach().clone() for weight in agent.parameters()]
-    losses = ppo.update(agent, torch.optim.SGD(agent.parameters(), lr=1.0), batch, config)
+    losses = ppo.update(agent, torch.optim.SGD(agent.parameters(), lr=1.0), batch, config, config.kl_coef)
     return [old - new.detach() for old, new in zip(before, agent.parameters())], losses
 
 
@@ -152,23 +152,23 @@ def small(env, **overrides):
 
 def train_three_iterations(folder, env):
     config = small(env)
-    training = ppo.build_training(config, torch.device("cpu"))
-    start = {"observations": training.runner.raw_observations.copy(), "normalizer": None}
-    if training.runner.observation_normalizer:
-        start["normalizer"] = training.runner.observation_normalizer.statistics.mean.copy()
+    learner = ppo.build_learner(config, torch.device("cpu"))
+    start = {"observations": learner.runner.raw_observations.copy(), "normalizer": None}
+    if learner.runner.observation_normalizer:
+        start["normalizer"] = learner.runner.observation_normalizer.statistics.mean.copy()
     for _ in range(3):
-        ppo.ppo_iteration(training, config, 1e-3)
-    torch.save({"start": start, "weights": training.agent.state_dict(), "returns": list(training.runner.recent_returns),
-                "optimizer": training.optimizer.state_dict()["state"]},
+        ppo.ppo_iteration(learner, config, 1e-3)
+    torch.save({"start": start, "weights": learner.agent.state_dict(), "returns": list(learner.runner.recent_returns),
+                "optimizer": learner.optimizer.state_dict()["state"]},
                os.path.join(folder, f"rank{dist.get_rank()}.pt"), pickle_protocol=4)
-    training.envs.close()
+    learner.envs.close()
 
 
 @pytest.mark.parametrize("env", ["CartPole", "Pendulum"])
 def test_two_ranks_keep_identical_weights_and_step_the_environments_of_one_process(tmp_path, env):
     on_two_ranks(train_three_iterations, str(tmp_path), env)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
-    one_process = ppo.build_training(small(env), torch.device("cpu"))
+    one_process = ppo.build_learner(small(env), torch.device("cpu"))
     assert not np.array_equal(ranks[0]["start"]["observations"], ranks[1]["start"]["observations"])
     if env == "Pendulum":  # seeded one by one: rank r's are seed + 2r, ..., together those of one process
         np.testing.assert_array_equal(np.concatenate([rank["start"]["observations"] for rank in ranks]),

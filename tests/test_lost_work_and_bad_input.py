@@ -231,7 +231,7 @@ def test_a_malformed_checkpoint_is_refused_in_one_line(tmp_path, capsys, change,
 def test_sizes_that_cannot_fit_are_refused_from_the_estimate_before_allocating(tmp_path, capsys, monkeypatch, flags):
     def no_allocation(*arguments, **keywords):
         raise AssertionError("a configuration that cannot fit reached an allocation")
-    monkeypatch.setattr(ppo, "build_training", no_allocation)
+    monkeypatch.setattr(ppo, "build_learner", no_allocation)
     assert ppo.main(flags + ["--run-dir", str(tmp_path / "run")]) == 2
     one_error_line(capsys, "GiB of cpu memory")
     assert not (tmp_path / "run").exists()
@@ -246,7 +246,7 @@ def test_the_estimate_is_small_for_the_presets():
 def test_frames_too_small_for_the_cnn_are_refused_and_integer_vectors_are_taken():
     config = ppo.make_config("CartPole")
     with pytest.raises(ppo.UserError, match="frames of 16x16 are too small for the nature cnn"):
-        ppo.build_actor_critic(gym.spaces.Box(0, 255, (3, 16, 16), np.uint8), gym.spaces.Discrete(2), config)
+        ppo.check_spaces(gym.spaces.Box(0, 255, (3, 16, 16), np.uint8), gym.spaces.Discrete(2), config)
     vectors = gym.spaces.Box(0, 255, (4,), np.uint8)
     agent = ppo.build_actor_critic(vectors, gym.spaces.Discrete(2), config)
     observations = ppo.observation_tensor(np.zeros((2, 4), dtype=np.uint8), torch.device("cpu"))

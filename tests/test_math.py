@@ -268,7 +268,7 @@ def test_update_matches_a_plain_reference_on_a_fixed_batch(ent_coef):
     config = dataclasses.replace(config, ent_coef=ent_coef)
     twin = copy.deepcopy(agent)
     torch.manual_seed(7)
-    losses = ppo.update(agent, ppo.make_optimizer(agent, config), batch, config)
+    losses = ppo.update(agent, ppo.make_optimizer(agent, config), batch, config, config.kl_coef)
     torch.manual_seed(7)
     reference_update(twin, batch, config)
     for (name, mine), theirs in zip(agent.named_parameters(), twin.parameters()):
@@ -287,7 +287,7 @@ def test_update_reports_means_over_every_gradient_step():
         return original_value_loss(values, returns)
     ppo.value_loss = recorded_value_loss
     try:
-        losses = ppo.update(agent, optimizer, batch, config)
+        losses = ppo.update(agent, optimizer, batch, config, config.kl_coef)
     finally:
         ppo.value_loss = original_value_loss
     assert len(steps) == config.update_epochs * config.num_minibatches == len(value_losses)
@@ -301,12 +301,12 @@ def test_target_kl_ends_the_whole_update_at_the_first_minibatch_past_it():
     optimizer = counting_optimizer(agent, config, steps)
     # The first minibatch is evaluated before any step (KL 0) and taken; the second sees
     # the moved policy, whose KL exceeds any tiny target: the update ends there, epochs left.
-    losses = ppo.update(agent, optimizer, batch, dataclasses.replace(config, target_kl=1e-12))
+    losses = ppo.update(agent, optimizer, batch, dataclasses.replace(config, target_kl=1e-12), config.kl_coef)
     assert len(steps) == 1
     assert losses["approx_kl"] < 1e-6  # the mean over the one step taken, measured before it (0 up to rounding)
     assert not torch.equal(agent.critic.value_net[0].weight, before.critic.value_net[0].weight)
     steps.clear()
-    ppo.update(before, counting_optimizer(before, config, steps), batch, dataclasses.replace(config, target_kl=1e6))
+    ppo.update(before, counting_optimizer(before, config, steps), batch, dataclasses.replace(config, target_kl=1e6), config.kl_coef)
     assert len(steps) == config.update_epochs * config.num_minibatches
 
 
@@ -344,7 +344,7 @@ def test_gaussian_kl_matches_torch_distributions_summed_over_dimensions():
     torch.testing.assert_close(ppo.gaussian_kl(old_mean, old_log_std, new_mean, new_log_std), reference)
     actor = ppo.GaussianActor(torch.nn.Linear(5, 3), action_dim=3, log_std_init=-0.3)
     mean = actor(torch.randn(6, 5))
-    assert torch.all(actor.kl_divergence(actor.full_distribution(mean), mean).abs() < 1e-6)  # KL[p || p] = 0
+    assert torch.all(actor.kl_divergence(actor.all_parameters(mean), mean).abs() < 1e-6)  # KL[p || p] = 0
 
 
 @pytest.mark.parametrize("mean_kl, expected", [(0.001, 0.5), (0.0066, 0.5), (0.0067, 1.0), (0.01, 1.0),
