@@ -48,6 +48,7 @@ import signal
 import sys
 import time
 import typing
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -1421,10 +1422,22 @@ def write_atomically(path: str, write: typing.Callable[[str], None]) -> None:
         raise
 
 
+def write_run_file(path: str, contents: typing.Union[str, bytes]) -> None:
+    """Replace a file of the run folder atomically."""
+    def write(temporary: str) -> None:
+        with open(temporary, "wb" if isinstance(contents, bytes) else "w") as file:
+            file.write(contents)
+    write_atomically(path, write)
+
+
 def save_checkpoint(path: str, state: dict) -> None:
     """Write atomically: a crash or a full disk mid-write leaves the previous checkpoint
-    intact, and no temporary file behind."""
-    write_atomically(path, lambda temporary: torch.save(state, temporary))
+    intact, and no temporary file behind. torch.save writes into memory and Python's own
+    write puts that on disk: torch's zip writer reports a full disk as a RuntimeError that
+    does not say so ("unexpected pos"), Python's write as the OSError that does (ENOSPC)."""
+    contents = io.BytesIO()
+    torch.save(state, contents)
+    write_run_file(path, contents.getvalue())
 
 
 def config_from_dict(values: dict) -> Config:
@@ -1439,7 +1452,9 @@ def load_checkpoint(path: str) -> dict:
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: check the path (runs write runs/<env>-<seed>-<time>/checkpoint.pt)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a pickle that is not a checkpoint can warn before it fails
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise UserError(f"{path} is not a readable checkpoint ({type(error).__name__}); "
                         "it may be truncated or from another program; use one written by ppo.py") from None
@@ -1655,14 +1670,6 @@ def claim_run_dir(config: Config, resume: typing.Optional[str]) -> tuple[str, bo
     except OSError as error:
         raise UserError(f"cannot create the run folder {run_dir} ({error.strerror}); choose another --run-dir") from None
     return run_dir, True
-
-
-def write_run_file(path: str, text: str) -> None:
-    """Replace a small file of the run folder atomically, like a checkpoint."""
-    def write(temporary: str) -> None:
-        with open(temporary, "w") as file:
-            file.write(text)
-    write_atomically(path, write)
 
 
 METRIC_COLUMNS = ("iteration", "global_step", "wall_seconds", "mean_return", "episodes", *UPDATE_DIAGNOSTICS,

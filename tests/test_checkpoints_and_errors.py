@@ -2,6 +2,7 @@
 import dataclasses
 import importlib.util
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -262,6 +263,17 @@ def test_corrupt_checkpoint_is_refused_and_left_as_it_was(tmp_path, capsys):
     assert "is not a readable checkpoint" in capsys.readouterr().err
     assert path.read_bytes() == b"not a checkpoint at all"
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("action", ["--eval", "--resume"])
+def test_a_raw_pickle_is_refused_in_one_line(tmp_path, action):
+    """torch.load warns about the pickle's protocol before it refuses it: no warning is shown."""
+    path = tmp_path / "raw.pt"
+    with open(path, "wb") as file:
+        pickle.dump({"weights": [1.0, 2.0]}, file, protocol=4)
+    run = subprocess.run([sys.executable, "ppo.py", action, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert run.stderr == f"error: {path} is not a readable checkpoint (UnpicklingError); it may be truncated or from another program; use one written by ppo.py\n"
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -5,9 +5,9 @@ environments; and torchrun trains, resumes, stops on a signal and spans two laun
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -22,17 +22,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def rank_process(rank, world, port, function, arguments):
-    """What torchrun would set up, in a process of torch.multiprocessing.spawn."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+def rank_process(rank, world, store_path, function, arguments):
+    """What torchrun would set up, in a process of torch.multiprocessing.spawn. The ranks
+    meet in a file, not on a port: a free port found and released before the ranks bind it
+    could be taken by another process in between."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
     try:
         function(*arguments)
     finally:
@@ -43,7 +39,8 @@ def rank_process(rank, world, port, function, arguments):
 
 
 def on_two_ranks(function, *arguments):
-    torch.multiprocessing.spawn(rank_process, args=(2, free_port(), function, arguments), nprocs=2)
+    with tempfile.TemporaryDirectory() as folder:
+        torch.multiprocessing.spawn(rank_process, args=(2, os.path.join(folder, "store"), function, arguments), nprocs=2)
 
 
 # The update: two parts of a minibatch, gradients averaged, equal the whole ----------------
@@ -267,8 +264,13 @@ def test_a_signal_stops_every_rank_after_the_same_iteration_with_one_checkpoint(
 
 
 def test_two_launchers_on_one_host_rendezvous_and_train(tmp_path):
-    """Two machines, played by two torchrun launchers of one process each on 127.0.0.1."""
-    endpoint = f"127.0.0.1:{free_port()}"
+    """Two machines, played by two torchrun launchers of one process each on 127.0.0.1.
+    The test hosts their rendezvous store on a port it holds from the start (bound to port
+    0, so the system chooses a free one): each launcher, finding the port taken, joins the
+    store as a client (torch.distributed.elastic's c10d backend does so), and no other
+    process can take the port between its choice and the launchers' start."""
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, multi_tenant=True, wait_for_workers=False)
+    endpoint = f"127.0.0.1:{store.port}"
     launcher = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "test"]
     command = [*TORCHRUN, *launcher, "ppo.py", "--env", "CartPole", "--total-steps", "2048", "--run-dir", str(tmp_path / "run")]
     launchers = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
