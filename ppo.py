@@ -321,11 +321,8 @@ class Critic(nn.Module):
 
 
 class ActorCritic(nn.Module):
-    """An encoder shared by an actor and a critic.
-
-    For vector observations the encoder is the identity and the actor and critic are two
-    separate mlps; for images it is FramePreStacking and a cnn, shared by both heads.
-    """
+    """An encoder shared by an actor and a critic: for vectors the identity, and the actor
+    and critic are two separate mlps; for images FramePreStacking and a cnn, shared by both."""
 
     def __init__(self, encoder: nn.Module, actor: nn.Module, critic: Critic, bfloat16: bool = False):
         super().__init__()
@@ -575,14 +572,9 @@ def atari_game_settings(config: Config) -> dict:
 
 def make_environments(config: Config, num_envs: int, render_mode: typing.Optional[str] = None) -> gym.vector.VectorEnv:
     """N copies of the environment behind one vectorized step, all in NEXT_STEP autoreset.
-
-    Atari uses ale-py's C++ vector environment: it steps the games on threads and does
-    the preprocessing of Mnih et al. (2015), each step spelled out below rather than left
-    to ale-py's defaults. Episodes end at game over or 108,000 frames. Rewards come
-    unclipped, so the logged return is the game score.
-    Environments with a numpy-vectorized implementation (CartPole) use it; any other
-    runs its copies one after another in this process.
-    """
+    Atari: ale-py's C++ vector environment steps the games on threads, with the preprocessing
+    of Mnih et al. (2015) spelled out below; rewards come unclipped (the logged return is the
+    game score). CartPole: its numpy-vectorized copies. Any other: copies one after another."""
     env_id = config.env_id
     if is_atari(env_id):
         import ale_py  # registers the ALE/ ids with gymnasium
@@ -657,7 +649,8 @@ class Runner:
             self.raw_observations, self.autoreset = raw_next, episode_ended
             self.observations = self.network_input(raw_next, update_statistics=True)
             environment_steps += int(valid.sum())
-        self.recent_returns.extend(gathered(finished_returns))  # section 10: every rank's episodes under torchrun
+        # Section 10: under torchrun, every rank's episodes and steps; in one process, these.
+        self.recent_returns.extend(gathered(finished_returns))
         return int(sum_over_ranks(torch.tensor(environment_steps))), agent.value(self.observations)
 
 
@@ -694,7 +687,7 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
         # One process: share 1, this minibatch's own statistics and KL. Under torchrun, this
         # rank's share of the minibatch and the whole minibatch's statistics (section 10).
         share, mean, std, whole_kl = minibatch_statistics(advantages, kl)
-        if config.target_kl is not None and whole_kl > config.target_kl:
+        if config.target_kl is not None and whole_kl.item() > config.target_kl:
             break  # early stop: the policy moved far enough
         if config.normalize_advantages:
             advantages = normalize(advantages, mean, std)
@@ -751,6 +744,7 @@ class Learner:
 
 
 def build_learner(config: Config, device: torch.device) -> Learner:
+    """A run's parts: the environments, the networks, Adam, the buffer and the runner."""
     torch.manual_seed(config.seed)  # the network initialization and every sample drawn after it
     num_envs = config.num_envs // world_size()  # section 10: this rank's N / K under torchrun
     envs = make_environments(config, num_envs)
@@ -783,7 +777,8 @@ def ppo_iteration(learner: Learner, config: Config, learning_rate: float) -> dic
     if config.objective == "kl-penalty":
         with torch.no_grad():
             parameters = learner.agent.actor(learner.agent.features(batch["observations"]))
-            mean_kl = moments_over_ranks(learner.agent.actor.kl_divergence(batch["old_distributions"], parameters))[1].item()
+            kl = learner.agent.actor.kl_divergence(batch["old_distributions"], parameters)  # (B,)
+            mean_kl = moments_over_ranks(kl)[1].item()  # the mean, of all ranks' samples under torchrun (section 10)
         learner.kl_coef = adapted_kl_coef(kl_coef, mean_kl, config.kl_penalty_target)
     return {"environment_steps": environment_steps, **diagnostics,
             "explained_variance": explained_variance(batch["values"], batch["returns"]),
@@ -797,14 +792,10 @@ def ppo_iteration(learner: Learner, config: Config, learning_rate: float) -> dic
 
 def learn(config: Config, learner: typing.Optional[Learner] = None, start_iteration: int = 0,
           schedule_start: tuple[int, typing.Optional[float]] = (0, None)) -> typing.Iterator[dict]:
-    """Train with PPO: num_iterations iterations, each with the annealed learning rate.
-    Yields each iteration's diagnostics, the mean return of the recent episodes among them:
-
-        for diagnostics in learn(make_config("CartPole")):
-            print(diagnostics["iteration"], diagnostics["mean_return"])
-
-    A resumed run (Part II) hands in its restored learner and where it stopped.
-    """
+    """Train with PPO: num_iterations iterations, each with the annealed learning rate;
+    yield each iteration's diagnostics, the mean return of the recent episodes among them:
+        for diagnostics in learn(make_config("CartPole")): print(diagnostics["mean_return"])
+    A resumed run (Part II) hands in its restored learner and where it stopped."""
     learner = learner or build_learner(config, torch.device(config.device))
     try:
         for iteration in range(start_iteration, config.num_iterations):
@@ -1608,7 +1599,7 @@ def keep_freed_memory() -> bool:
     they often hand such blocks back to the kernel, so the next one page-faults its memory
     in again. Here blocks up to 32 MiB (the largest mmap threshold glibc accepts on 64 bits)
     come from the heap, and up to 1 GiB of free heap is kept: the peak memory of one update
-    stays allocated. Measured on Pong: README.md, "Pong: levers for a faster CPU run"."""
+    stays allocated. Measured on Pong: docs/pong-on-a-cpu.md, "Levers for a faster CPU run"."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)  # the C library this interpreter already runs on
@@ -1622,7 +1613,7 @@ CPUS_WITHOUT_FAST_BFLOAT16 = ("NO AVX", "AVX2")
 def bfloat16_is_slow(device: torch.device) -> bool:
     """Whether autocast's bfloat16 is known to run slower than float32 here: on a CPU whose
     widest vector instructions are AVX2 the Pong preset trained 5.8x slower in bfloat16
-    (README.md, "bfloat16" in "Pong: levers for a faster CPU run"). Unmeasured elsewhere."""
+    (docs/pong-on-a-cpu.md, "Levers for a faster CPU run"). Unmeasured elsewhere."""
     return device.type == "cpu" and torch.backends.cpu.get_cpu_capability() in CPUS_WITHOUT_FAST_BFLOAT16
 
 
@@ -1868,7 +1859,7 @@ def median_and_range(runs: list[dict[str, np.ndarray]], x_name: str, y_name: str
 
 
 def save_picture(figure, path: str, mark: str) -> None:
-    """Write a matplotlib figure as a PNG atomically, with `mark` as its Software text."""
+    """Write a matplotlib figure (of --plot) as a PNG atomically, with `mark` as its Software text."""
     write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=80, metadata={"Software": mark}))
 
 
@@ -1896,17 +1887,66 @@ def draw_learning_curves(groups: list[tuple[str, list[dict[str, np.ndarray]]]], 
     return figure
 
 
+def finite_stretches(x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The pieces of a curve between its NaN values (explained variance is NaN while the
+    returns have no variance; the mean return, before the first episode ends)."""
+    known = np.isfinite(x) & np.isfinite(y)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], known.astype(np.int8), [0]))))  # (2 * stretches,)
+    return [(x[start:end], y[start:end]) for start, end in zip(edges[::2], edges[1::2])]
+
+
+CURVE_SIZE, CURVE_COLOR = (1120, 520), (31, 119, 180)  # pixels, as 14 x 6.5 inches at 80 dpi; matplotlib's C0
+
+
+def draw_run_curves(table: dict[str, np.ndarray], title: str):
+    """The CURVE_PANELS of one run as a Pillow image: each panel a frame, its curve, and the
+    range of x and y at its corners. Drawn with Pillow rather than matplotlib, which --plot
+    uses: at the end of a CartPole run of seconds, matplotlib's import and drawing took
+    about 1 s on a 2-core AMD EPYC (family 25), and this takes a few hundredths."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.new("RGB", CURVE_SIZE, "white")
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default(size=12)
+    draw.text((CURVE_SIZE[0] / 2, 6), title, fill="black", font=font, anchor="mt")
+    panel_width, panel_height = CURVE_SIZE[0] / 4, (CURVE_SIZE[1] - 24) / 2
+    for panel, (column, name) in enumerate(CURVE_PANELS):
+        left, top = (panel % 4) * panel_width + 60, 24 + (panel // 4) * panel_height + 22
+        right, bottom = left + panel_width - 80, top + panel_height - 62
+        draw.rectangle((left, top, right, bottom), outline=(150, 150, 150))
+        draw.text(((left + right) / 2, top - 4), name, fill="black", font=font, anchor="md")
+        draw.text(((left + right) / 2, bottom + 18), "wall seconds" if panel == 1 else "environment steps",
+                  fill="black", font=font, anchor="ma")
+        stretches = finite_stretches(table["wall_seconds" if panel == 1 else "global_step"], table[column])
+        if not stretches:
+            continue
+        xs, ys = np.concatenate([x for x, _ in stretches]), np.concatenate([y for _, y in stretches])
+        x_high, (y_low, y_high) = max(float(xs.max()), 1e-9), (float(ys.min()), float(ys.max()))
+        y_span = (y_high - y_low) or max(abs(y_high), 1.0)
+        for value, x in ((0, left), (x_high, right)):
+            draw.text((x, bottom + 3), f"{value:,.0f}" if value >= 100 else f"{value:.3g}", fill="black", font=font, anchor="ma")
+        for value, y in ((y_low, bottom), (y_high, top)):
+            draw.text((left - 4, y), f"{value:.3g}", fill="black", font=font, anchor="rm")
+        for x, y in stretches:
+            points = np.stack((left + x / x_high * (right - left), bottom - (y - y_low) / y_span * (bottom - top)), axis=1)
+            draw.line([tuple(point) for point in points] * (1 if len(points) > 1 else 2), fill=CURVE_COLOR, width=2)
+    return image
+
+
 def write_learning_curve(run_dir: str, config: Config) -> None:
     """Draw the run's metrics.csv into learning-curve.png in its folder."""
-    figure = draw_learning_curves([("", [read_metrics(run_dir)])], f"{config.env_id}, seed {config.seed}: {run_dir}")
-    save_picture(figure, os.path.join(run_dir, "learning-curve.png"), "ppo.py")
+    from PIL import PngImagePlugin
+
+    image = draw_run_curves(read_metrics(run_dir), f"{config.env_id}, seed {config.seed}: {run_dir}")
+    mark = PngImagePlugin.PngInfo()
+    mark.add_text("Software", "ppo.py")
+    write_atomically(os.path.join(run_dir, "learning-curve.png"),
+                     lambda temporary: image.save(temporary, format="PNG", pnginfo=mark, compress_level=1))
 
 
 class LearningCurve:
     """learning-curve.png of a run, redrawn with a checkpoint once `every` seconds have
-    passed since it was last drawn, and always at the end. A picture takes about 0.25 s of
-    CPU, the first of a process 0.65 s with the import of matplotlib (README.md), so a
-    CartPole run of seconds draws it once, at its end, and a long run twice a minute."""
+    passed since it was last drawn, and always at the end: a CartPole run of seconds draws
+    it once, at its end, and a long run twice a minute."""
 
     def __init__(self, run_dir: str, config: Config, every: float = 30.0):
         self.run_dir, self.config, self.every = run_dir, config, every
@@ -1958,7 +1998,7 @@ def group_runs(configs: list[dict]) -> list[tuple[str, list[int]]]:
 
 def picture_mark(path: str) -> typing.Optional[str]:
     """The Software text of a PNG file (what save_picture wrote there), or None."""
-    from PIL import Image  # Pillow comes with matplotlib
+    from PIL import Image
 
     try:
         with Image.open(path) as image:
@@ -2015,8 +2055,8 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
             check_compatible(checkpoint, config, resume)
         if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
-        if importlib.util.find_spec("matplotlib") is None:
-            raise UserError("ppo.py draws each run's learning-curve.png with matplotlib: pip install -r requirements.txt")
+        if importlib.util.find_spec("PIL") is None:
+            raise UserError("ppo.py draws each run's learning-curve.png with Pillow: pip install -r requirements.txt")
         check_memory(config, device)
         run_dir, created = on_rank_0(claim_run_dir, config, resume) or (None, False)
         run_dir = from_rank_0(run_dir)
@@ -2157,7 +2197,7 @@ def atari_picture(screen: np.ndarray, frames: np.ndarray) -> np.ndarray:
     (3, 84, 84): the three frames above, FramePreStacking's position, velocity and
     acceleration images below, each labeled; all twice as large, so that a ball of one
     pixel shows. Returns (420, 864, 3) uint8."""
-    from PIL import Image, ImageDraw  # Pillow comes with matplotlib
+    from PIL import Image, ImageDraw
 
     images = FramePreStacking()(torch.as_tensor(frames)[None])[0].numpy()  # (3, 84, 84): position in [0, 1], velocity and acceleration in [-2, 2]
     gray = [np.repeat(frame[..., None], 3, axis=2) for frame in (*frames, (images[0] * 255).astype(np.uint8))]

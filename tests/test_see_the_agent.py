@@ -61,11 +61,10 @@ def test_every_run_folder_holds_its_learning_curve_redrawn_with_checkpoints(tmp_
 
 
 def test_a_full_disk_while_drawing_the_curve_is_one_line_and_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):
-    from matplotlib.figure import Figure
-    def full_disk(self, path, **keywords):
+    def full_disk(self, path, *arguments, **keywords):
         open(path, "wb").close()  # a partial file, as a full disk leaves it
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-    monkeypatch.setattr(Figure, "savefig", full_disk)
+    monkeypatch.setattr(Image.Image, "save", full_disk)
     assert ppo.main(["--run-dir", str(tmp_path / "run"), "--total-steps", "1024"]) == 1
     one_error_line(capsys, "(No space left on device); the last checkpoint")
     assert not [name for name in os.listdir(tmp_path / "run") if name.endswith(".tmp")]
@@ -196,6 +195,7 @@ def test_the_screen_copy_plays_the_same_pong_game_frame_for_frame():
     assert np.mean(nearer_now) < np.mean(nearer_before)  # measured: 0.65 against 1.22 gray levels
 
 
+@pytest.mark.long
 def test_a_recorded_pong_episode_returns_what_eval_reports(tmp_path, capsys):
     checkpoint = tiny_pong(tmp_path / "run")
     capsys.readouterr()
@@ -225,6 +225,7 @@ def test_the_agent_view_shows_the_frames_and_frame_pre_stacking():
     assert (ppo.signed_image(np.zeros((2, 2))) == 0).all()
 
 
+@pytest.mark.long
 def test_watch_shows_pong_in_a_window_where_a_display_exists(tmp_path, capsys, monkeypatch):
     pytest.importorskip("pygame")
     checkpoint = tiny_pong(tmp_path / "run")
