@@ -1,7 +1,11 @@
-"""Make ppo.py, at the repository root, importable from the tests, and let the whole
-suite run with another number of torch threads (`python -m pytest --torch-threads 2`):
-floating-point sums are then split differently, so every trajectory changes, and the
-suite must pass all the same."""
+"""Make ppo.py, at the repository root, importable from the tests; keep the quick check
+quick; and let the whole suite run with another number of torch threads.
+
+`python -m pytest` is the quick check: the oracle tests of the math, short end-to-end runs
+and every bad input. Tests marked `long` (learning within a step budget, several processes,
+stop signals, subprocesses that train) run only with `python -m pytest --all`, as .ci/run
+does. `--torch-threads 2` splits floating-point sums differently, so every trajectory
+changes, and the suite must pass all the same."""
 import os
 import sys
 
@@ -16,6 +20,21 @@ import ppo  # noqa: E402  (importable only once the path above is set)
 def pytest_addoption(parser):
     parser.addoption("--torch-threads", type=int, default=None,
                      help="run every test with this many torch threads, presets included (default: as configured)")
+    parser.addoption("--all", action="store_true", default=False,
+                     help="also run the long tests: learning within a step budget, torchrun, signals, training subprocesses")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "long: a learning, distributed or otherwise long test, run with --all")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--all"):
+        return
+    skip = pytest.mark.skip(reason="long: run with python -m pytest --all")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Data-parallel PPO over torch.distributed (README.md, "More than one process"): on the
+"""Data-parallel PPO over torch.distributed (docs/distributed.md): on the
 CPU with gloo and 2 ranks, the update over two parts of a minibatch equals the update
 over the whole in one process; ranks keep identical weights and step disjoint
 environments; and torchrun trains, resumes, stops on a signal and spans two launchers."""
@@ -17,6 +17,8 @@ import torch.distributed as dist
 import torch.multiprocessing
 
 import ppo
+
+pytestmark = pytest.mark.long  # several processes: run with --all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -193,8 +195,8 @@ def torchrun(*arguments, launcher=("--standalone", "--nproc-per-node", "2"), **o
 
 
 def test_torchrun_with_two_processes_solves_cartpole(tmp_path):
-    """The preset's budget of 150,000 steps, on 2 ranks. Measured on 2 ranks (README.md,
-    "More than one process"): 11 of seeds 1-12 solved, the slowest after 105,082 steps; seed 4
+    """The preset's budget of 150,000 steps, on 2 ranks. Measured on 2 ranks
+    (docs/distributed.md): 11 of seeds 1-12 solved, the slowest after 105,082 steps; seed 4
     did not. With about 1 seed in 12 failing, 3 of 5 seeds must solve: all 5 runs only if
     needed, and a false failure has a chance of about 0.5%."""
     solved = failed = 0

@@ -1,5 +1,5 @@
 """Nothing lost, nothing overwritten, one line for every bad input: each class of failure
-(README.md, "Running it") with its message, its exit status, and the files around it
+(docs/guarantees.md) with its message, its exit status, and the files around it
 hashed before and after."""
 import errno
 import hashlib
@@ -106,6 +106,7 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monk
     assert first != second and os.path.isdir(first) and os.path.isdir(second)
 
 
+@pytest.mark.long
 def test_a_closed_output_does_not_stop_a_run_from_saving(tmp_path):
     """`python ppo.py | head -c 300`: stdout closes early; the run still ends with a checkpoint."""
     command = f"{sys.executable} ppo.py --run-dir {tmp_path / 'run'} --total-steps 8192 --target-return none | head -c 300"
@@ -197,6 +198,7 @@ def mounted_tmpfs(folder, size):
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
 
 
+@pytest.mark.long
 def test_a_disk_that_fills_during_a_checkpoint_write_ends_in_one_line(tmp_path):
     """As a user meets it: the run folder on a 220 KB tmpfs fills while the second
     checkpoint (about 135 KB) is written."""
@@ -244,12 +246,21 @@ def test_probabilities_that_overflow_stop_as_a_divergence(tmp_path, monkeypatch)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["iteration"] == 1
 
 
-def checkpoint_with(tmp_path, change):
-    metrics = ppo.ppo(cartpole(tmp_path, total_steps=1024))
-    checkpoint = torch.load(metrics["checkpoint"], weights_only=True)
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One short run's folder, copied by each test that damages its checkpoint."""
+    folder = tmp_path_factory.mktemp("trained") / "run"
+    ppo.ppo(cartpole(folder, total_steps=1024))
+    return folder
+
+
+def checkpoint_with(tmp_path, trained_run, change):
+    shutil.copytree(trained_run, tmp_path, dirs_exist_ok=True)
+    path = str(tmp_path / "checkpoint.pt")
+    checkpoint = torch.load(path, weights_only=True)
     change(checkpoint)
-    torch.save(checkpoint, metrics["checkpoint"])
-    return metrics["checkpoint"]
+    torch.save(checkpoint, path)
+    return path
 
 
 def set_nan_weight(checkpoint):
@@ -281,8 +292,8 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("change, message", MALFORMED)
-def test_a_malformed_checkpoint_is_refused_in_one_line(tmp_path, capsys, change, message):
-    path = checkpoint_with(tmp_path, change)
+def test_a_malformed_checkpoint_is_refused_in_one_line(tmp_path, capsys, trained_run, change, message):
+    path = checkpoint_with(tmp_path, trained_run, change)
     before = hashes(tmp_path)
     capsys.readouterr()
     assert ppo.main(["--resume", path, "--total-steps", "2048"]) == 2

@@ -104,6 +104,7 @@ def three_runs(tmp_path_factory):
     return [str(folder / name) for name in ("seed-1", "seed-2", "faster")]
 
 
+@pytest.mark.long
 def test_plot_draws_several_runs_in_one_picture_and_prints_its_path(three_runs, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert ppo.main(["--plot", *three_runs]) == 0

@@ -1,5 +1,6 @@
 """End-to-end behaviour: learning within step budgets, determinism, the Atari and the
 continuous-control pipelines."""
+import csv
 import math
 import os
 import platform
@@ -26,6 +27,7 @@ VOLATILE = {"wall_seconds", "steps_per_second", "run_dir", "checkpoint"}
 CARTPOLE_SEEDS = (1, 2, 3)
 
 
+@pytest.mark.long
 def test_cartpole_solves_within_its_step_budget(tmp_path):
     solved = []
     for seed in CARTPOLE_SEEDS:
@@ -41,6 +43,7 @@ def test_cartpole_solves_within_its_step_budget(tmp_path):
     assert mean >= 475  # the deterministic policy of the checkpoint balances too
 
 
+@pytest.mark.long
 def test_cartpole_learns_with_the_kl_penalty_within_a_step_budget(tmp_path):
     """A random policy scores about 20. With --objective kl-penalty, seeds 1 to 20 of the
     preset on an AMD EPYC first reached a mean of 200 after 24,907 to 34,581 steps (18 of
@@ -73,6 +76,21 @@ def test_same_seed_gives_identical_metrics_and_parameters(tmp_path):
                            weights_of(first["checkpoint"])["critic.value_net.0.weight"])
 
 
+def test_learn_is_the_loop_that_ppo_runs(tmp_path):
+    """Part I's learn(), called from Python, yields each iteration's diagnostics, and they
+    are what ppo() writes to metrics.csv for the same config on the same machine: ppo()
+    wraps that loop rather than running one of its own."""
+    config = short_cartpole(tmp_path)
+    ppo.ppo(config)  # also sets the config's torch threads, which learn() then shares
+    with open(tmp_path / "metrics.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    yielded = list(ppo.learn(config))
+    assert [diagnostics["iteration"] for diagnostics in yielded] == list(range(1, config.num_iterations + 1))
+    for row, diagnostics in zip(rows, yielded, strict=True):
+        for name in (*ppo.UPDATE_DIAGNOSTICS, "explained_variance", "mean_return", "episodes", "learning_rate"):
+            assert float(row[name]) == diagnostics[name] or math.isnan(diagnostics[name]) and row[name] == "nan", name
+
+
 def test_metrics_are_means_over_the_iteration_and_the_csv_has_a_row_per_iteration(tmp_path):
     config = short_cartpole(tmp_path)
     metrics = ppo.ppo(config)
@@ -83,6 +101,7 @@ def test_metrics_are_means_over_the_iteration_and_the_csv_has_a_row_per_iteratio
     assert 0 <= metrics["clip_fraction"] <= 1 and metrics["approx_kl"] >= 0
 
 
+@pytest.mark.long
 def test_pong_pipeline_keeps_uint8_frames_and_reports_game_scores():
     config = ppo.make_config("Pong", num_envs=2, num_steps=1100, num_minibatches=2, cnn="small")
     envs = ppo.make_environments(config, config.num_envs)
@@ -188,6 +207,7 @@ def test_evaluation_uses_the_saved_statistics_without_updating_them(tmp_path, mo
     assert -2000 < mean < 0 and std >= 0
 
 
+@pytest.mark.long
 def test_pendulum_learns_within_a_step_budget(tmp_path):
     """A random policy scores about -1200. With the preset, unchanged but for an early stop
     at -400 over the last 100 episodes, seeds 1 to 10 on an AMD EPYC got there after a
@@ -200,6 +220,7 @@ def test_pendulum_learns_within_a_step_budget(tmp_path):
     assert metrics["global_step"] <= 100_000
 
 
+@pytest.mark.long
 def test_pong_trains_in_bfloat16_and_resumes_in_float32(tmp_path, capsys, monkeypatch):
     # As on a CPU without AVX-512, where bfloat16 runs slower than float32: the run says so.
     monkeypatch.setattr(ppo.torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
@@ -246,6 +267,7 @@ print(default, kept, faults_of_ten_rounds())
 """
 
 
+@pytest.mark.long
 @pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_keep_freed_memory_stops_large_tensors_from_page_faulting_in_again():
     result = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, os.path.dirname(os.path.abspath(ppo.__file__))],
