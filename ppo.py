@@ -38,12 +38,14 @@ import csv
 import ctypes
 import dataclasses
 import difflib
+import importlib.metadata
 import importlib.util
 import io
 import json
 import math
 import os
 import platform
+import re
 import signal
 import sys
 import time
@@ -549,8 +551,8 @@ def clip_fraction(new_log_probs, old_log_probs, clip_coef):
 def explained_variance(values, returns):
     """1 - Var[R - V] / Var[R] over the whole batch: 1 is a perfect critic, 0 no better
     than a constant. (Under torchrun, all ranks' parts of the batch: section 10.)"""
-    variance = moments_over_ranks(returns)[2]
-    return float("nan") if variance == 0 else float(1.0 - moments_over_ranks(returns - values)[2] / variance)
+    variance = moments_over_ranks(returns).variance
+    return float("nan") if variance == 0 else float(1.0 - moments_over_ranks(returns - values).variance / variance)
 
 
 # ---------------------------------------------------------------------------------------
@@ -661,10 +663,14 @@ class Runner:
 UPDATE_DIAGNOSTICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
 
 
-def shuffled_minibatches(batch_size: int, config: Config, device: torch.device) -> typing.Iterator[torch.Tensor]:
-    """The indices of each minibatch of K epochs, each epoch a new random order of the batch."""
+def shuffled_minibatches(advantages: torch.Tensor, config: Config) -> typing.Iterator[tuple]:
+    """Each minibatch of K epochs, each epoch a new random order of the batch: its indices,
+    this process's share of it (1) and the mean and std of its advantages. Under torchrun
+    (section 10), this rank's share of the minibatch and the whole minibatch's statistics."""
     for _ in range(config.update_epochs):
-        yield from torch.tensor_split(torch.randperm(batch_size, device=device), config.num_minibatches)
+        minibatches = torch.tensor_split(torch.randperm(advantages.shape[0], device=advantages.device), config.num_minibatches)
+        for indices, (share, mean, std) in zip(minibatches, minibatch_statistics(advantages, minibatches)):
+            yield indices, share, mean, std
 
 
 def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], config: Config,
@@ -680,14 +686,11 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
     weights = list(agent.parameters())  # listed once: agent.parameters() walks every module
     totals = torch.zeros(len(UPDATE_DIAGNOSTICS), device=device)  # (5,): UPDATE_DIAGNOSTICS summed over the steps
     gradient_steps = 0
-    for indices in shuffled_minibatches(batch["advantages"].shape[0], config, device):
+    for indices, share, mean, std in shuffled_minibatches(batch["advantages"], config):
         new_log_probs, entropy, values, parameters = agent.evaluate(batch["observations"][indices], batch["actions"][indices])
         old_log_probs, advantages = batch["log_probs"][indices], batch["advantages"][indices]
         kl = approx_kl(new_log_probs.detach(), old_log_probs)
-        # One process: share 1, this minibatch's own statistics and KL. Under torchrun, this
-        # rank's share of the minibatch and the whole minibatch's statistics (section 10).
-        share, mean, std, whole_kl = minibatch_statistics(advantages, kl)
-        if config.target_kl is not None and whole_kl.item() > config.target_kl:
+        if config.target_kl is not None and kl_over_ranks(kl, share) > config.target_kl:  # section 10: kl in one process
             break  # early stop: the policy moved far enough
         if config.normalize_advantages:
             advantages = normalize(advantages, mean, std)
@@ -708,7 +711,7 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
         totals += torch.stack((policy_loss, critic_loss, entropy, kl,
                                clip_fraction(new_log_probs, old_log_probs, config.clip_coef))).detach() * share
         gradient_steps += 1
-    totals = whole_minibatch_totals(totals)  # one process: unchanged; torchrun: summed over ranks (section 10)
+    totals = totals_over_ranks(totals)  # one process: unchanged; torchrun: summed over ranks (section 10)
     return {name: total / max(gradient_steps, 1) for name, total in zip(UPDATE_DIAGNOSTICS, totals.tolist())}
 
 
@@ -745,6 +748,8 @@ class Learner:
 
 def build_learner(config: Config, device: torch.device) -> Learner:
     """A run's parts: the environments, the networks, Adam, the buffer and the runner."""
+    if config.torch_threads > 0:
+        torch.set_num_threads(config.torch_threads)
     torch.manual_seed(config.seed)  # the network initialization and every sample drawn after it
     num_envs = config.num_envs // world_size()  # section 10: this rank's N / K under torchrun
     envs = make_environments(config, num_envs)
@@ -778,7 +783,7 @@ def ppo_iteration(learner: Learner, config: Config, learning_rate: float) -> dic
         with torch.no_grad():
             parameters = learner.agent.actor(learner.agent.features(batch["observations"]))
             kl = learner.agent.actor.kl_divergence(batch["old_distributions"], parameters)  # (B,)
-            mean_kl = moments_over_ranks(kl)[1].item()  # the mean, of all ranks' samples under torchrun (section 10)
+            mean_kl = moments_over_ranks(kl).mean.item()  # of all ranks' samples under torchrun (section 10)
         learner.kl_coef = adapted_kl_coef(kl_coef, mean_kl, config.kl_penalty_target)
     return {"environment_steps": environment_steps, **diagnostics,
             "explained_variance": explained_variance(batch["values"], batch["returns"]),
@@ -795,8 +800,10 @@ def learn(config: Config, learner: typing.Optional[Learner] = None, start_iterat
     """Train with PPO: num_iterations iterations, each with the annealed learning rate;
     yield each iteration's diagnostics, the mean return of the recent episodes among them:
         for diagnostics in learn(make_config("CartPole")): print(diagnostics["mean_return"])
-    A resumed run (Part II) hands in its restored learner and where it stopped."""
-    learner = learner or build_learner(config, torch.device(config.device))
+    A resumed run (Part II) hands in its restored learner, the iteration it stopped after,
+    and schedule_start, the iteration and rate where its learning-rate decay began."""
+    built = learner is None  # then learn() owns the environments, and closes them
+    learner = build_learner(config, torch.device(config.device)) if built else learner
     try:
         for iteration in range(start_iteration, config.num_iterations):
             learning_rate = annealed_learning_rate(config, iteration, *schedule_start)
@@ -805,7 +812,8 @@ def learn(config: Config, learner: typing.Optional[Learner] = None, start_iterat
             yield {"iteration": iteration + 1, "learning_rate": learning_rate, **diagnostics,
                    "mean_return": float(np.mean(recent)) if recent else float("nan"), "episodes": len(recent)}
     finally:
-        learner.envs.close()
+        if built:
+            learner.envs.close()
 
 
 # That is all of PPO. Part II adds the running normalization of continuous control and what
@@ -879,9 +887,9 @@ class RewardScaler:
 # Under `torchrun`, K processes ("ranks") each step N / K of the environments and hold
 # their share of every batch. They stay one learner by agreeing wherever PPO takes a mean
 # over the batch: the gradient, the advantage statistics, the normalizers' statistics, the
-# episode returns and the logged diagnostics. Part I calls the hooks below by name; each
-# is the identity in a single process, so one process runs exactly the code it would run
-# without them.
+# episode returns and the logged diagnostics. Part I calls the hooks below by name; in a
+# single process each does what one process would do without them (nothing, or the local
+# mean and variance), so one process runs exactly the code it would run without ranks.
 
 
 def world_size() -> int:
@@ -910,36 +918,62 @@ def gathered(items: list) -> list:
     return [item for part in lists for item in part]
 
 
-def moments_over_ranks(values: torch.Tensor, correction: int = 1) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """Count, mean and variance (the squared deviations summed, divided by count -
-    correction) of `values` (n, ...) along the first axis, all ranks' parts joined. In two
-    passes, as torch.var computes it: the mean over all ranks, then the squared deviations
-    from it, in float64, so that equal values give exactly 0 (a sum of squares minus a
-    squared sum need not). In one process, torch's own mean and var of `values`."""
+class Moments(typing.NamedTuple):
+    count: int
+    mean: torch.Tensor
+    variance: torch.Tensor
+
+
+def moments_over_ranks(values: torch.Tensor, correction: int = 1) -> Moments:
+    """Count, mean and variance of `values` (n, ...) along the first axis, all ranks' parts
+    joined: `group_moments_over_ranks` of one group. In one process, torch's own."""
+    return group_moments_over_ranks([values], correction)[0]
+
+
+def group_moments_over_ranks(groups: list[torch.Tensor], correction: int = 1) -> list[Moments]:
+    """For each group (n_g, ...): count, mean and variance (the squared deviations summed,
+    divided by count - correction) along the first axis, all ranks' parts of the group
+    joined. In two passes, as torch.var computes it: the mean over all ranks, then the
+    squared deviations from it, in float64, so that equal values give exactly 0 (a sum of
+    squares minus a squared sum need not); two all-reduces serve every group. In one
+    process, torch's own mean and var of each group."""
     if world_size() == 1:
-        return values.shape[0], values.mean(dim=0), values.var(dim=0, correction=correction)
-    precise = values.double()
-    count_and_sums = sum_over_ranks(torch.cat((  # (1 + size of one value,): n and the sum, one all-reduce
-        torch.tensor([float(values.shape[0])], dtype=torch.float64, device=values.device), precise.sum(dim=0).reshape(-1))))
-    count, mean = count_and_sums[0], (count_and_sums[1:] / count_and_sums[0]).reshape(values.shape[1:])
-    squares = sum_over_ranks((precise - mean).square().sum(dim=0))
-    return count.item(), mean.to(values.dtype), (squares / (count - correction)).to(values.dtype)
+        return [Moments(values.shape[0], values.mean(dim=0), values.var(dim=0, correction=correction)) for values in groups]
+    precise = [values.double() for values in groups]
+    device = precise[0].device
+    counts_and_sums = sum_over_ranks(torch.stack([  # (G, 1 + size of one value): n and the sum of each group
+        torch.cat((torch.tensor([float(values.shape[0])], dtype=torch.float64, device=device), values.sum(dim=0).reshape(-1)))
+        for values in precise]))
+    means = [(row[1:] / row[0]).reshape(values.shape[1:]) for row, values in zip(counts_and_sums, precise)]
+    squares = sum_over_ranks(torch.stack([(values - mean).square().sum(dim=0).reshape(-1)  # (G, size of one value)
+                                          for values, mean in zip(precise, means)]))
+    return [Moments(int(row[0].item()), mean.to(values.dtype),
+                    (square.reshape(values.shape[1:]) / (row[0] - correction)).to(values.dtype))
+            for row, mean, square, values in zip(counts_and_sums, means, squares, groups)]
 
 
-def minibatch_statistics(advantages: torch.Tensor, kl: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For one minibatch, of which this rank holds n_r samples: this rank's share of it,
-    n_r K / n, the mean and std of its advantages, and its approx KL (from this rank's
-    `kl`), those three of the whole minibatch over all ranks. A loss (a mean over n_r
-    samples) weighted by the share and averaged over ranks is the mean over all n samples,
-    even where the parts differ in size. In one process: 1, and the minibatch's own."""
+def minibatch_statistics(advantages: torch.Tensor, minibatches: tuple[torch.Tensor, ...]) -> list[tuple]:
+    """For each minibatch of an epoch (indices into this rank's batch, n_r of them): this
+    rank's share of it, n_r K / n, and the mean and std of the whole minibatch's advantages
+    over all ranks, one exchange for the epoch. A loss (a mean over n_r samples) weighted by
+    the share and averaged over ranks is the mean over all n samples, even where the parts
+    differ in size. In one process: 1, and each minibatch's own mean and std."""
+    parts = [advantages[indices] for indices in minibatches]
     if world_size() == 1:
-        return 1.0, advantages.mean(), advantages.std(), kl
-    count, mean, variance = moments_over_ranks(advantages.double())
-    share = advantages.shape[0] * world_size() / count
-    return share, mean.float(), variance.sqrt().float(), sum_over_ranks(kl * share) / world_size()
+        return [(1.0, part.mean(), part.std()) for part in parts]
+    return [(part.shape[0] * world_size() / moments.count, moments.mean.float(), moments.variance.sqrt().float())
+            for part, moments in zip(parts, group_moments_over_ranks([part.double() for part in parts]))]
 
 
-def whole_minibatch_totals(totals: torch.Tensor) -> torch.Tensor:
+def kl_over_ranks(kl: torch.Tensor, share: float) -> float:
+    """The approx KL of the whole minibatch, from each rank's KL of its part weighted by its
+    share. In one process, kl itself."""
+    if world_size() == 1:
+        return kl.item()
+    return sum_over_ranks(kl * share).item() / world_size()
+
+
+def totals_over_ranks(totals: torch.Tensor) -> torch.Tensor:
     """The update's diagnostics, summed over its steps with each rank's weighted by its
     share: the sums of the whole minibatches' means, once summed over ranks and divided by K."""
     if world_size() == 1:
@@ -1153,6 +1187,11 @@ def type_name(hint) -> str:
     if origin is tuple:
         return "a list of integers"
     return {float: "a finite number", int: "an integer", bool: "true or false", str: "a string"}[hint]
+
+
+def version_of(package: str) -> tuple[int, ...]:
+    """The installed version of a package as numbers: "10.1.0" -> (10, 1, 0)."""
+    return tuple(int(part) for part in re.findall(r"\d+", importlib.metadata.version(package))[:3])
 
 
 def is_atari(env_id: str) -> bool:
@@ -1716,7 +1755,7 @@ class MetricsLog:
 
 class RunFolder:
     """What a run writes into its folder: config.json, metrics.csv, checkpoint.pt and
-    learning-curve.png. Under torchrun rank 0 alone calls its methods (`on_rank_0`). A write
+    learning-curve.png. Under torchrun rank 0 alone writes (`on_rank_0`). A write
     that fails (a full disk, a folder made read-only or removed under the run) stops the
     run with one line that says what is kept."""
 
@@ -1752,7 +1791,7 @@ class RunFolder:
             save_checkpoint(self.checkpoint_path, state)
             self.learning_curve.refresh(final)
 
-    def diverged(self, iteration: int, what: str) -> TrainingDiverged:
+    def divergence_error(self, iteration: int, what: str) -> TrainingDiverged:
         advice = "lower --learning-rate or --max-grad-norm"
         kept = (f"the last good checkpoint, {self.checkpoint_path}, is kept: resume from it with a {advice}"
                 if os.path.exists(self.checkpoint_path) else f"no checkpoint had been written yet; start again with a {advice}")
@@ -2011,6 +2050,8 @@ def plot_runs(run_dirs: list[str], output: str) -> None:
     """Draw the learning curves of several run folders into one PNG file: runs that differ
     only in the seed as the median and range of one setting, other settings beside them.
     Nothing but a picture that --plot drew is ever replaced."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError("--plot draws with matplotlib: pip install -r requirements.txt")
     if len({os.path.realpath(run_dir) for run_dir in run_dirs}) < len(run_dirs):
         raise UserError("a run folder is given twice to --plot; give each once")
     for run_dir in run_dirs:
@@ -2055,8 +2096,8 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
             check_compatible(checkpoint, config, resume)
         if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
-        if importlib.util.find_spec("PIL") is None:
-            raise UserError("ppo.py draws each run's learning-curve.png with Pillow: pip install -r requirements.txt")
+        if importlib.util.find_spec("PIL") is None or version_of("pillow") < (10, 1):
+            raise UserError("ppo.py draws each run's learning-curve.png with Pillow 10.1 or newer: pip install -r requirements.txt")
         check_memory(config, device)
         run_dir, created = on_rank_0(claim_run_dir, config, resume) or (None, False)
         run_dir = from_rank_0(run_dir)
@@ -2073,8 +2114,6 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
     what a checkpoint restores. Iterate: Part I's `learn`, each iteration logged, checked
     for divergence, and saved every save_every iterations. Stop: solved, a stop signal or
     the last iteration, each with a final checkpoint; a divergence keeps the last good one."""
-    if config.torch_threads > 0:
-        torch.set_num_threads(config.torch_threads)
     keep_freed_memory()
     learner = build_learner(config, device)
     if learner.agent.bfloat16 and bfloat16_is_slow(device):
@@ -2097,7 +2136,7 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
                 for diagnostics in learn(config, learner, start_iteration, schedule_start):
                     global_step += diagnostics.pop("environment_steps")
                     if not all_finite(learner.agent, diagnostics):
-                        raise folder.diverged(diagnostics["iteration"], "a loss or weight became NaN or infinite")
+                        raise folder.divergence_error(diagnostics["iteration"], "a loss or weight became NaN or infinite")
                     completed, now = diagnostics["iteration"], time.time()
                     metrics = {"global_step": global_step, "wall_seconds": round(now - start_time, 3), "kl_coef": "", **diagnostics,
                                "steps_per_second": (global_step - start_step) / max(now - start_time, 1e-9)}
@@ -2120,7 +2159,7 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
             except RuntimeError as error:  # torch.multinomial on probabilities that overflowed
                 if "probability tensor contains" not in str(error):
                     raise
-                raise folder.diverged(completed + 1, "the policy's probabilities became NaN or infinite "
+                raise folder.divergence_error(completed + 1, "the policy's probabilities became NaN or infinite "
                                                      f"({str(error).splitlines()[0]})") from None
             # Never reached after a divergence: the last good checkpoint stays.
             on_rank_0(folder.save, checkpoint_state(learner, config, completed, global_step, schedule_start, device), True)
@@ -2342,7 +2381,7 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu",
         if importlib.util.find_spec("pygame") is None:
             raise UserError("--watch needs pygame to draw the window: pip install pygame")
     torch_device = resolve_device(device, config.precision)
-    check_environment(config.env_id)
+    single_spaces(config)  # the environment can be made here, and the networks take its spaces
     shown_pictures = watch or record is not None
     envs = make_environments(config, 1, render_mode="rgb_array" if shown_pictures and not is_atari(config.env_id) else None)
     if shown_pictures and is_atari(config.env_id):

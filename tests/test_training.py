@@ -76,15 +76,19 @@ def test_same_seed_gives_identical_metrics_and_parameters(tmp_path):
                            weights_of(first["checkpoint"])["critic.value_net.0.weight"])
 
 
-def test_learn_is_the_loop_that_ppo_runs(tmp_path):
+def test_learn_is_the_loop_that_ppo_runs(tmp_path, monkeypatch):
     """Part I's learn(), called from Python, yields each iteration's diagnostics, and they
     are what ppo() writes to metrics.csv for the same config on the same machine: ppo()
-    wraps that loop rather than running one of its own."""
+    wraps that loop (it calls learn once) rather than running one of its own."""
     config = short_cartpole(tmp_path)
-    ppo.ppo(config)  # also sets the config's torch threads, which learn() then shares
+    yielded = list(ppo.learn(config))
+    calls = []
+    real_learn = ppo.learn
+    monkeypatch.setattr(ppo, "learn", lambda *arguments: calls.append(arguments) or real_learn(*arguments))
+    ppo.ppo(config)
+    assert len(calls) == 1
     with open(tmp_path / "metrics.csv", newline="") as file:
         rows = list(csv.DictReader(file))
-    yielded = list(ppo.learn(config))
     assert [diagnostics["iteration"] for diagnostics in yielded] == list(range(1, config.num_iterations + 1))
     for row, diagnostics in zip(rows, yielded, strict=True):
         for name in (*ppo.UPDATE_DIAGNOSTICS, "explained_variance", "mean_return", "episodes", "learning_rate"):
