@@ -12,7 +12,7 @@ Not collected by pytest: a timing is a measurement, not a test.
 Run from the repository root, on a machine where nothing else runs:
     python tests/fixed_cost.py --pairs 7
 
-It writes tests/results/fixed-cost-<cpu model>.csv (one row per pair, under comment
+It writes tests/results/fixed-cost-<cpu model>-<family and model>.csv (one row per pair, under comment
 lines that give the commands, the CPU, the versions and the date) and prints the medians.
 """
 
@@ -34,6 +34,18 @@ from benchmark import RESULTS, cpu_model, package_version, slug
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE = [sys.executable, "-c", "import torch, gymnasium, torch._dynamo"]
+
+
+def cpu_family_and_model() -> str:
+    """'family25-model17' from /proc/cpuinfo (the model name alone, 'AMD EPYC', does not tell
+    a Zen 1 part from a Zen 4 one), or '' where it is not known."""
+    fields = {}
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                name, _, value = line.partition(":")
+                fields.setdefault(name.strip(), value.strip())
+    return f"family{fields['cpu family']}-model{fields['model']}" if "cpu family" in fields and "model" in fields else ""
 
 
 def one_run(folder: str) -> list[str]:
@@ -59,18 +71,18 @@ def main(argv: list[str]) -> int:
     measure_pair()  # fills the file cache; not counted
     pairs = [measure_pair() for _ in range(settings.pairs)]
     baseline, run = (statistics.median(times) for times in zip(*pairs))
-    cpu = cpu_model()
-    path = os.path.join(RESULTS, f"fixed-cost-{slug(cpu)}.csv")
+    cpu, family = cpu_model(), cpu_family_and_model()
+    path = os.path.join(RESULTS, "-".join(filter(None, ["fixed-cost", slug(cpu), family])) + ".csv")
     with open(path, "w", newline="") as file:
         file.write(f"# command: {shlex.join(['python', *sys.argv])}\n"
                    f"# baseline: {shlex.join(['python', *BASELINE[1:]])}; one run: {shlex.join(['python', *one_run('TEMPORARY')[1:]])}\n"
-                   f"# cpu: {cpu}; python {platform.python_version()}; torch {package_version('torch')}; "
+                   f"# cpu: {cpu} {family}; python {platform.python_version()}; torch {package_version('torch')}; "
                    f"gymnasium {package_version('gymnasium')}; date {datetime.datetime.now().isoformat(timespec='seconds')}\n")
         writer = csv.writer(file)
         writer.writerow(["pair", "baseline_seconds", "one_run_seconds"])
         writer.writerows([index, f"{first:.3f}", f"{second:.3f}"] for index, (first, second) in enumerate(pairs, 1))
     print(f"wrote {os.path.relpath(path)}")
-    print(f"{cpu}: baseline median {baseline:.2f} s, one run median {run:.2f} s, ratio {run / baseline:.2f} "
+    print(f"{cpu} {family}: baseline median {baseline:.2f} s, one run median {run:.2f} s, ratio {run / baseline:.2f} "
           f"({settings.pairs} pairs; one run {min(second for _, second in pairs):.2f} to {max(second for _, second in pairs):.2f} s)")
     return 0
 
