@@ -690,7 +690,8 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
         new_log_probs, entropy, values, parameters = agent.evaluate(batch["observations"][indices], batch["actions"][indices])
         old_log_probs, advantages = batch["log_probs"][indices], batch["advantages"][indices]
         kl = approx_kl(new_log_probs.detach(), old_log_probs)
-        if config.target_kl is not None and kl_over_ranks(kl, share) > config.target_kl:  # section 10: kl in one process
+        # The whole minibatch's KL: in one process this kl; under torchrun, all ranks' (section 10).
+        if config.target_kl is not None and kl_over_ranks(kl, share) > config.target_kl:
             break  # early stop: the policy moved far enough
         if config.normalize_advantages:
             advantages = normalize(advantages, mean, std)
@@ -704,7 +705,7 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
         entropy = entropy.mean() if config.ent_coef > 0 else entropy.detach().mean()
         loss = ppo_loss(policy_loss, critic_loss, entropy, config.vf_coef, config.ent_coef)
         optimizer.zero_grad()
-        (loss * share).backward()
+        (loss * share).backward()  # share is 1 in one process
         average_gradients(weights)  # one process: nothing to do; torchrun: the mean over ranks (section 10)
         nn.utils.clip_grad_norm_(weights, config.max_grad_norm, foreach=True)
         optimizer.step()
