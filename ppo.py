@@ -2111,8 +2111,8 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
 
 
 def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.Optional[dict], resume: typing.Optional[str]) -> dict:
-    """A run's life, in a folder that is its own. Start: threads, memory, the learner and
-    what a checkpoint restores. Iterate: Part I's `learn`, each iteration logged, checked
+    """A run's life, in a folder that is its own. Start: memory, the learner (with its torch
+    threads) and what a checkpoint restores. Iterate: Part I's `learn`, each iteration logged, checked
     for divergence, and saved every save_every iterations. Stop: solved, a stop signal or
     the last iteration, each with a final checkpoint; a divergence keeps the last good one."""
     keep_freed_memory()
@@ -2161,7 +2161,7 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
                 if "probability tensor contains" not in str(error):
                     raise
                 raise folder.divergence_error(completed + 1, "the policy's probabilities became NaN or infinite "
-                                                     f"({str(error).splitlines()[0]})") from None
+                                                             f"({str(error).splitlines()[0]})") from None
             # Never reached after a divergence: the last good checkpoint stays.
             on_rank_0(folder.save, checkpoint_state(learner, config, completed, global_step, schedule_start, device), True)
     finally:
