@@ -334,15 +334,15 @@ class ActorCritic(nn.Module):
     def features(self, observations: torch.Tensor) -> torch.Tensor:
         """The encoder's output (B, features), float32. With bfloat16, torch.autocast runs the
         cnn in bfloat16; weights, Adam and checkpoints stay float32, the differences exact."""
-        with torch.autocast(observations.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
+        if not self.bfloat16:
+            return self.encoder(observations)
+        with torch.autocast(observations.device.type, dtype=torch.bfloat16):
             return self.encoder(observations).float()
 
-    def act(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample actions for a batch of states: actions, their log-probs (B,), values (B,)."""
-        features = self.features(observations)
-        parameters = self.actor(features)  # (B, K): of the action distribution
-        actions = self.actor.sample(parameters)
-        return actions, self.actor.log_prob(parameters, actions), self.critic(features)
+    def act(self, observations: torch.Tensor) -> torch.Tensor:
+        """Sample actions for a batch of states (B, ...). Their log-probs and the values come
+        later, for the whole rollout at once (`old_policy`)."""
+        return self.actor.sample(self.actor(self.features(observations)))
 
     def evaluate(self, observations: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """log pi(a|s), entropy and V(s) of stored samples under the current weights, and the
@@ -402,12 +402,12 @@ def generalized_advantages(
     future exists but was not seen, so delta_t bootstraps from V(final observation).
     Either way the sum stops at the episode's end: A_{t+1} belongs to another episode.
     """
+    deltas = rewards + gamma * next_values * (1.0 - terminated) - values  # (T, N): every delta_t at once
+    decays = gamma * gae_lambda * (1.0 - episode_ended)  # (T, N): 0 where the episode ended at t
     advantages = torch.zeros_like(rewards)
     next_advantage = torch.zeros_like(rewards[0])
     for t in reversed(range(rewards.shape[0])):
-        next_value = next_values[t] * (1.0 - terminated[t])
-        delta = rewards[t] + gamma * next_value - values[t]
-        next_advantage = delta + gamma * gae_lambda * (1.0 - episode_ended[t]) * next_advantage
+        next_advantage = deltas[t] + decays[t] * next_advantage
         advantages[t] = next_advantage
     return advantages
 
@@ -428,8 +428,11 @@ class PPOBuffer:
         shape = (num_steps, num_envs)
         self.observations = torch.zeros(shape + observation_space.shape, dtype=obs_dtype, device=device)  # (T, N, *obs_shape)
         self.actions = torch.zeros(shape + action_space.shape, dtype=action_dtype, device=device)  # (T, N, *action_shape)
+        # log pi_old(a|s), V(s) and pi_old(.|s), computed after the rollout (`store_old_policy`).
+        distribution_size = int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else 2 * action_space.shape[0]
         self.log_probs = torch.zeros(shape, device=device)  # (T, N)
         self.values = torch.zeros(shape, device=device)  # (T, N)
+        self.old_distributions = torch.zeros(shape + (distribution_size,), device=device)  # (T, N, K)
         # Written from the environment's numpy arrays, moved to the device once per rollout.
         self.rewards = np.zeros(shape, dtype=np.float32)  # (T, N)
         self.terminated = np.zeros(shape, dtype=np.float32)  # (T, N)
@@ -437,15 +440,20 @@ class PPOBuffer:
         self.valid = np.zeros(shape, dtype=bool)  # (T, N) False on autoreset steps
         self.device = device
 
-    def store(self, t, observations, actions, log_probs, values, rewards, terminated, truncated, valid):
+    def store(self, t, observations, actions, rewards, terminated, truncated, valid):
         self.observations[t] = observations
         self.actions[t] = actions
-        self.log_probs[t] = log_probs
-        self.values[t] = values
         self.rewards[t] = rewards
         self.terminated[t] = terminated
         self.episode_ended[t] = terminated | truncated
         self.valid[t] = valid
+
+    def store_old_policy(self, log_probs: torch.Tensor, values: torch.Tensor, distributions: torch.Tensor) -> None:
+        """What the policy that collected the rollout says of each step, (T * N, ...) in
+        the order of observations.flatten(0, 1)."""
+        shape = self.valid.shape
+        self.log_probs, self.values = log_probs.view(shape), values.view(shape)
+        self.old_distributions = distributions.view(*shape, -1)
 
     def advantages_and_returns(self, last_values: torch.Tensor, gamma: float, gae_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
         """GAE advantages and the value targets R_t = A_t + V(s_t), both (T, N)."""
@@ -463,7 +471,7 @@ class PPOBuffer:
         valid = torch.from_numpy(self.valid).to(self.device)
         return {
             "observations": self.observations[valid], "actions": self.actions[valid],
-            "log_probs": self.log_probs[valid], "values": self.values[valid],
+            "log_probs": self.log_probs[valid], "values": self.values[valid], "old_distributions": self.old_distributions[valid],
             "advantages": advantages[valid], "returns": returns[valid],
         }
 
@@ -601,6 +609,17 @@ def observation_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(array, dtype=torch.uint8 if array.ndim == 4 else torch.float32, device=device)
 
 
+@torch.no_grad()
+def old_policy(agent: ActorCritic, observations: torch.Tensor, actions: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, ...]:
+    """log pi_old(a|s) (B,), V(s) (B,) and pi_old(.|s) whole (B, K: its parameters) of a
+    rollout's B samples, chunk_size samples at a time (no more memory than a minibatch).
+    The weights have not moved since the rollout was collected, so this is the policy that
+    chose the actions; one batched pass costs far less than B / N small ones during it."""
+    outputs = [agent.evaluate(part, part_actions) for part, part_actions in zip(observations.split(chunk_size), actions.split(chunk_size))]
+    log_probs, _, values, parameters = (torch.cat(column) for column in zip(*outputs))
+    return log_probs, values, agent.actor.all_parameters(parameters)
+
+
 class Runner:
     """Steps N environments with the current policy to fill a PPOBuffer, and keeps what
     carries over between rollouts: observations, episode returns, normalizers."""
@@ -631,29 +650,30 @@ class Runner:
     def collect(self, agent: ActorCritic, buffer: PPOBuffer) -> tuple[int, torch.Tensor]:
         """Fill the buffer with T steps; return the number of real environment steps and
         V(s_T) of the observations after the last step (N,), for bootstrapping."""
-        environment_steps, finished_returns = 0, []
+        finished_returns = []
         for t in range(self.config.num_steps):
-            actions, log_probs, values = agent.act(self.observations)
+            actions = agent.act(self.observations)
             # The buffer keeps the sampled action and its log-prob; only what is sent to
             # the environment is clipped to the action space.
-            environment_actions = torch.max(torch.min(actions, self.action_high), self.action_low) if self.continuous else actions
+            environment_actions = actions.clamp(self.action_low, self.action_high) if self.continuous else actions
             raw_next, rewards, terminated, truncated, _ = self.envs.step(environment_actions.cpu().numpy())
             valid = ~self.autoreset  # the step after an ending only resets: no transition
             episode_ended = terminated | truncated
             self.episode_returns += rewards
-            finished_returns += [float(self.episode_returns[index]) for index in np.flatnonzero(episode_ended)]
+            finished_returns += self.episode_returns[episode_ended].tolist()
             self.episode_returns[episode_ended] = 0.0
             if self.config.clip_rewards:
                 rewards = np.sign(rewards)
             if self.reward_scaler:
                 rewards = self.reward_scaler(rewards, episode_ended, valid)
-            buffer.store(t, self.observations, actions, log_probs, values, rewards, terminated, truncated, valid)
+            buffer.store(t, self.observations, actions, rewards, terminated, truncated, valid)
             self.raw_observations, self.autoreset = raw_next, episode_ended
             self.observations = self.network_input(raw_next, update_statistics=True)
-            environment_steps += int(valid.sum())
+        buffer.store_old_policy(*old_policy(agent, buffer.observations.flatten(0, 1), buffer.actions.flatten(0, 1),
+                                            self.config.minibatch_size))
         # Section 10: under torchrun, every rank's episodes and steps; in one process, these.
         self.recent_returns.extend(gathered(finished_returns))
-        return int(sum_over_ranks(torch.tensor(environment_steps))), agent.value(self.observations)
+        return int(sum_over_ranks(torch.tensor(int(buffer.valid.sum())))), agent.value(self.observations)
 
 
 # ---------------------------------------------------------------------------------------
@@ -760,13 +780,6 @@ def build_learner(config: Config, device: torch.device) -> Learner:
     return Learner(envs, agent, make_optimizer(agent, config), buffer, Runner(envs, config, device), config.kl_coef)
 
 
-@torch.no_grad()
-def old_distributions(agent: ActorCritic, observations: torch.Tensor) -> torch.Tensor:
-    """pi_old(.|s) whole, as the parameters of each sample's distribution. The weights have
-    not moved since the rollout was collected, so this is the policy that chose the actions."""
-    return agent.actor.all_parameters(agent.actor(agent.features(observations)))
-
-
 def ppo_iteration(learner: Learner, config: Config, learning_rate: float) -> dict[str, float]:
     """One PPO iteration: collect N * T steps with the current policy, compute GAE
     advantages and returns, then update for K epochs. Returns the environment steps taken
@@ -777,8 +790,6 @@ def ppo_iteration(learner: Learner, config: Config, learning_rate: float) -> dic
     advantages, returns = learner.buffer.advantages_and_returns(last_values, config.gamma, config.gae_lambda)
     batch = learner.buffer.flatten_valid(advantages, returns)
     kl_coef = learner.kl_coef
-    if config.objective == "kl-penalty":
-        batch["old_distributions"] = old_distributions(learner.agent, batch["observations"])  # pi_old, kept whole
     diagnostics = update(learner.agent, learner.optimizer, batch, config, kl_coef)
     if config.objective == "kl-penalty":
         with torch.no_grad():
@@ -844,10 +855,10 @@ class RunningMeanStd:
         if batch_count == 0:  # e.g. every environment is on its autoreset step
             return
         total = self.count + batch_count
+        new_share, old_share = batch_count / total, self.count / total  # the weights of the two parts
         delta = batch_mean - self.mean
-        self.mean = self.mean + delta * batch_count / total
-        squares = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.var = squares / total
+        self.mean = self.mean + delta * new_share
+        self.var = self.var * old_share + batch_var * new_share + delta**2 * (old_share * new_share)
         self.count = total
 
 
@@ -861,7 +872,7 @@ class ObservationNormalizer:
         if update_statistics:
             self.statistics.update(observations)
         scaled = (observations - self.statistics.mean) / np.sqrt(self.statistics.var + 1e-8)
-        return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
+        return scaled.clip(-self.clip, self.clip).astype(np.float32)
 
 
 class RewardScaler:
@@ -2544,6 +2555,7 @@ ATARI_DEFAULTS = {**{key: value for key, value in PRESETS["Pong"][1].items() if 
 CONTINUOUS_DEFAULTS = dict(
     total_steps=1_000_000, num_envs=1, num_steps=2048, num_minibatches=32, update_epochs=10,
     learning_rate=3e-4, ent_coef=0.0, normalize_observations=True, scale_rewards=True,
+    torch_threads=1,  # minibatches of 64 through 64-unit layers: a second thread only adds overhead
 )
 
 

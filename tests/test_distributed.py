@@ -74,7 +74,7 @@ def minibatch(agent, objective):
              "log_probs": log_probs + 0.3 * torch.randn(SAMPLES, generator=generator),
              "values": values, "advantages": advantages, "returns": torch.randn(SAMPLES, generator=generator)}
     if objective == "kl-penalty":
-        batch["old_distributions"] = ppo.old_distributions(agent, observations)
+        batch["old_distributions"] = ppo.old_policy(agent, observations, actions, SAMPLES)[2]
     return batch
 
 

@@ -328,7 +328,7 @@ def test_frames_too_small_for_the_cnn_are_refused_and_integer_vectors_are_taken(
     vectors = gym.spaces.Box(0, 255, (4,), np.uint8)
     agent = ppo.build_actor_critic(vectors, gym.spaces.Discrete(2), config)
     observations = ppo.observation_tensor(np.zeros((2, 4), dtype=np.uint8), torch.device("cpu"))
-    assert observations.dtype == torch.float32 and agent.act(observations)[0].shape == (2,)
+    assert observations.dtype == torch.float32 and agent.act(observations).shape == (2,)
 
 
 # Wrong answers -------------------------------------------------------------------------------

@@ -68,8 +68,9 @@ def test_buffer_bootstraps_truncation_from_the_final_observation_and_skips_the_r
     rewards = [1.0, 1.0, 0.0, 1.0]
     truncated = [False, True, False, False]
     for t in range(4):
-        buffer.store(t, torch.zeros(1, 1), torch.zeros(1, dtype=torch.int64), torch.zeros(1), torch.tensor([values[t]]),
+        buffer.store(t, torch.zeros(1, 1), torch.zeros(1, dtype=torch.int64),
                      np.array([rewards[t]]), np.array([False]), np.array([truncated[t]]), np.array([t != 2]))
+    buffer.store_old_policy(torch.zeros(4), torch.tensor(values), torch.zeros(4, 2))
     gamma, gae_lambda = 0.9, 0.8
     advantages, returns = buffer.advantages_and_returns(torch.tensor([5.0]), gamma, gae_lambda)
     delta_1 = 1.0 + gamma * 7.0 - 2.0  # bootstraps from V(final observation), not from the reset state
@@ -223,7 +224,8 @@ def small_agent_and_batch(seed=0, size=32):
     agent = ppo.build_actor_critic(gym.spaces.Box(-5, 5, (4,), np.float32), gym.spaces.Discrete(2), config)
     observations = torch.randn(size, 4)
     with torch.no_grad():
-        actions, log_probs, values = agent.act(observations)
+        actions = agent.act(observations)
+        log_probs, _, values, _ = agent.evaluate(observations, actions)
     batch = {"observations": observations, "actions": actions, "log_probs": log_probs, "values": values,
              "advantages": torch.randn(size), "returns": values + torch.randn(size)}
     return agent, batch, config
