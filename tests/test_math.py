@@ -196,14 +196,19 @@ def test_running_mean_std_matches_numpy_on_a_stream():
 
 
 def test_reward_scaler_divides_by_the_std_of_the_discounted_return():
+    """One rollout (T = 4, N = 1): G restarts after the ending at t = 1, and the autoreset
+    step t = 2 is left out of the statistics; every reward of the rollout is divided by the
+    std of the G's so far, this rollout's included."""
     scaler = ppo.RewardScaler(num_envs=1, gamma=0.5)
-    ended, valid = np.array([False]), np.array([True])
-    returns = []
-    for reward in (1.0, 1.0, 1.0):
-        scaled = scaler(np.array([reward]), ended, valid)
-        returns.append(scaler.discounted_returns[0])
-    assert returns == [1.0, 1.5, 1.75]
-    assert scaled[0] == pytest.approx(1.0 / math.sqrt(np.var(returns) + 1e-8))
+    rewards = np.array([[1.0], [1.0], [0.0], [1.0]], dtype=np.float32)
+    ended = np.array([[False], [True], [False], [False]])
+    valid = np.array([[True], [True], [False], [True]])
+    scaled = scaler(rewards, ended, valid)
+    returns = [1.0, 1.5, 1.0]  # G_0, G_1, then a new episode's G_3 (G_2 = 0 is no transition)
+    assert scaler.statistics.count == 3 and scaler.discounted_returns[0] == 1.0
+    np.testing.assert_allclose(scaled, rewards / math.sqrt(np.var(returns) + 1e-8), rtol=1e-6)
+    scaler(rewards[:1], ended[:1], valid[:1])  # the next rollout continues the episode: G = 0.5 * 1 + 1
+    np.testing.assert_allclose(scaler.statistics.var, np.var(returns + [1.5]), rtol=1e-12)
 
 
 def test_diagnostics():
