@@ -23,9 +23,10 @@ Run from the repository root:
     python tests/benchmark.py --env CartPole --seeds 1-5 -- --learning-rate 1e-3   # flags after -- go to ppo.py
     python tests/benchmark.py --env CartPole --seeds 1-20 --jobs 2   # step counts only: not a timing
 
-Each implementation gets tests/results/<implementation>-<env>-<cpu model>.csv, one row
-per seed (seed, solved, env_steps, wall_seconds, episodes, torch_threads) under comment
-lines that give the command, the CPU, the versions and the date; a summary line per
+Each implementation gets tests/results/<implementation>-<env>-seeds<seeds>-<cpu model>-<cpu
+family and model>.csv (--label adds a word), one row per seed (seed, solved, env_steps,
+wall_seconds, episodes, torch_threads) under comment lines that give the command, the CPU,
+the commit of ppo.py, the versions and the date; a summary line per
 implementation is printed. An unsolved seed's row holds the cost of its whole run and
 counts as the worst seed in the summary. Percentiles are nearest-rank: the p-th
 percentile of n sorted values is the one at rank ceil(p/100 * n), so the median of 20
@@ -348,6 +349,26 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def cpu_family_and_model() -> str:
+    """'family25-model17' from /proc/cpuinfo (the model name alone, 'AMD EPYC', does not tell
+    a Zen 1 part from a Zen 4 one), or '' where it is not known."""
+    fields = {}
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                name, _, value = line.partition(":")
+                fields.setdefault(name.strip(), value.strip())
+    return f"family{fields['cpu family']}-model{fields['model']}" if "cpu family" in fields and "model" in fields else ""
+
+
+def source_commit() -> str:
+    """The commit of ppo.py measured, marked where ppo.py differs from it."""
+    def git(*arguments):
+        return subprocess.run(["git", *arguments], cwd=os.path.dirname(PPO_PROGRAM), capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + (" with uncommitted changes to ppo.py" if git("status", "--porcelain", "ppo.py") else "")
+
+
 def slug(text: str) -> str:
     """A short file-name part: 'Intel(R) Xeon(R) CPU @ 2.20GHz' -> 'Intel-Xeon',
     'AMD EPYC 7B13 64-Core Processor' -> 'AMD-EPYC-7B13'."""
@@ -372,13 +393,16 @@ def describe_program(implementation: str, settings: argparse.Namespace) -> str:
 
 
 def write_csv(implementation: str, outcomes: list[Outcome], settings: argparse.Namespace, cpu: str) -> str:
-    """tests/results/<implementation>-<env>-<cpu>.csv, comment lines first."""
-    path = os.path.join(RESULTS, f"{implementation}-{slug(settings.env)}-{slug(cpu)}.csv")
+    """tests/results/<implementation>-<env>-seeds<seeds>[-<label>]-<cpu>-<family and model>.csv,
+    comment lines first."""
+    parts = [implementation, slug(settings.env), "seeds" + slug(settings.seed_text), slug(settings.label or ""), slug(cpu), cpu_family_and_model()]
+    path = os.path.join(RESULTS, "-".join(filter(None, parts)) + ".csv")
     comments = [
         f"command: {shlex.join(['python', *sys.argv])}",
         f"program: {describe_program(implementation, settings)}",
-        f"cpu: {cpu}; python {platform.python_version()}; torch {package_version('torch')}; "
-        f"gymnasium {package_version('gymnasium')}; date {datetime.datetime.now().isoformat(timespec='seconds')}",
+        f"cpu: {cpu} {cpu_family_and_model()}; ppo.py at {source_commit()}; python {platform.python_version()}; "
+        f"torch {package_version('torch')}; gymnasium {package_version('gymnasium')}; "
+        f"date {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"solved: the mean return of the last {settings.window} finished episodes first reached {settings.threshold:g}; "
         "env_steps summed over all environments, wall_seconds since the process was launched; "
         "an unsolved seed's row holds its whole run",
@@ -402,7 +426,7 @@ def parse_seeds(text: str) -> list[int]:
     for part in text.split(","):
         first, _, last = part.partition("-")
         if not (first.isdigit() and (last.isdigit() or not last)) or int(last or first) < int(first):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a list of seeds like 1-20 or 1,2,5")
+            raise ValueError(f"--seeds {text!r} is not a list of seeds like 1-20 or 1,2,5")
         seeds.extend(range(int(first), int(last or first) + 1))
     return seeds
 
@@ -410,18 +434,20 @@ def parse_seeds(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Environment steps and wall seconds for ppo.py to solve a task, over seeds.")
     parser.add_argument("--env", required=True, help="ppo.py's --env: a preset (CartPole, Pendulum, Pong) or a gymnasium id")
-    parser.add_argument("--seeds", type=parse_seeds, required=True, help="seeds to run, one process each: 1-20 or 1,2,5")
+    parser.add_argument("--seeds", required=True, help="seeds to run, one process each: 1-20 or 1,2,5")
     parser.add_argument("--threshold", type=float, help="solved once the mean return reaches this (default: CartPole 475, Pendulum -200)")
     parser.add_argument("--window", type=int, default=100, help="finished episodes in that mean (default 100)")
     parser.add_argument("--peer", choices=["sb3"], help="also run Stable-Baselines3 with rl-zoo's hyperparameters, seed by seed")
     parser.add_argument("--peer-threads", type=int, default=1, help="torch threads of the peer (default 1, as ppo.py's CartPole and Pendulum presets)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1); above 1 the wall times are not a timing")
+    parser.add_argument("--label", help="a word added to the names of the files written, e.g. before")
     parser.add_argument("ppo_flags", nargs="*", metavar="-- PPO_FLAGS", help="further flags for ppo.py, after --")
     return parser
 
 
 def check_settings(settings: argparse.Namespace) -> None:
-    """Fill in the default threshold; raise ValueError on settings that cannot run."""
+    """Read the seeds, fill in the default threshold; raise ValueError on settings that cannot run."""
+    settings.seed_text, settings.seeds = settings.seeds, parse_seeds(settings.seeds)
     if settings.threshold is None:
         if settings.env not in DEFAULT_THRESHOLDS:
             raise ValueError(f"no default threshold for {settings.env}: give --threshold")

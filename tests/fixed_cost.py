@@ -30,22 +30,10 @@ import sys
 import tempfile
 import time
 
-from benchmark import RESULTS, cpu_model, package_version, slug
+from benchmark import RESULTS, cpu_family_and_model, cpu_model, package_version, slug
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE = [sys.executable, "-c", "import torch, gymnasium, torch._dynamo"]
-
-
-def cpu_family_and_model() -> str:
-    """'family25-model17' from /proc/cpuinfo (the model name alone, 'AMD EPYC', does not tell
-    a Zen 1 part from a Zen 4 one), or '' where it is not known."""
-    fields = {}
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                name, _, value = line.partition(":")
-                fields.setdefault(name.strip(), value.strip())
-    return f"family{fields['cpu family']}-model{fields['model']}" if "cpu family" in fields and "model" in fields else ""
 
 
 def one_run(folder: str) -> list[str]:

@@ -37,8 +37,8 @@ import sys
 import tempfile
 import time
 
-from benchmark import RESULTS, cpu_model, package_version, slug
-from fixed_cost import ROOT, cpu_family_and_model
+from benchmark import RESULTS, cpu_family_and_model, cpu_model, package_version, slug
+from fixed_cost import ROOT
 
 PAPER_SETTINGS = dict(n_steps=2048, batch_size=64, n_epochs=10, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95,
                       clip_range=0.2, ent_coef=0.0, max_grad_norm=0.5)
