@@ -1241,6 +1241,9 @@ def check_environment(env_id: str) -> None:
         close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "see gymnasium.registry for the known ids"
         raise UserError(f"unknown environment {env_id!r}: {hint}")
+    entry_point = str(gym.spec(env_id).entry_point)
+    if "envs.mujoco" in entry_point and not all(importlib.util.find_spec(name) for name in ("mujoco", "imageio")):
+        raise UserError(f"{env_id} needs the MuJoCo physics engine: pip install 'gymnasium[mujoco]>=1.1' (in requirements.txt)")
 
 
 def check_spaces(observation_space: gym.Space, action_space: gym.Space, config: Config) -> None:

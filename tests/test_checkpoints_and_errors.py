@@ -261,6 +261,14 @@ def test_atari_without_ale_py_gives_the_install_hint(tmp_path, capsys, monkeypat
     assert "pip install 'ale-py>=0.11'" in capsys.readouterr().err
 
 
+def test_mujoco_task_without_mujoco_gives_the_install_hint(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mujoco" else real_find_spec(name, *a))
+    assert ppo.main(["--env", "Hopper-v5", "--run-dir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: Hopper-v5 needs the MuJoCo physics engine: pip install 'gymnasium[mujoco]>=1.1' (in requirements.txt)"]
+    assert not (tmp_path / "run").exists()
+
+
 def test_tensorboard_without_the_package_gives_the_install_hint(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
     assert ppo.main(["--tensorboard", "--run-dir", str(tmp_path / "run")]) == 2
