@@ -1225,6 +1225,10 @@ def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
 
 
+def is_mujoco(env_id: str) -> bool:
+    return env_id in gym.registry and "envs.mujoco" in str(gym.spec(env_id).entry_point)
+
+
 def check_environment(env_id: str) -> None:
     """Raise UserError if env_id cannot be made here: unknown, or its package is missing."""
     if is_atari(env_id):
@@ -1241,9 +1245,14 @@ def check_environment(env_id: str) -> None:
         close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "see gymnasium.registry for the known ids"
         raise UserError(f"unknown environment {env_id!r}: {hint}")
-    entry_point = str(gym.spec(env_id).entry_point)
-    if "envs.mujoco" in entry_point and not all(importlib.util.find_spec(name) for name in ("mujoco", "imageio")):
+    if is_mujoco(env_id) and not all(importlib.util.find_spec(name) for name in ("mujoco", "imageio")):
         raise UserError(f"{env_id} needs the MuJoCo physics engine: pip install 'gymnasium[mujoco]>=1.1' (in requirements.txt)")
+    if is_mujoco(env_id):
+        try:
+            import mujoco  # noqa: F401  (it loads the OpenGL that MUJOCO_GL names)
+        except Exception as error:
+            raise UserError(f"MuJoCo does not start with MUJOCO_GL={os.environ.get('MUJOCO_GL')} ({type(error).__name__}: {error}); "
+                            "unset MUJOCO_GL, or set it to egl or osmesa, whichever this machine has") from None
 
 
 def check_spaces(observation_space: gym.Space, action_space: gym.Space, config: Config) -> None:
@@ -2413,6 +2422,8 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu",
     torch_device = resolve_device(device, config.precision)
     single_spaces(config)  # the environment can be made here, and the networks take its spaces
     shown_pictures = watch or record is not None
+    if shown_pictures and is_mujoco(config.env_id) and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        os.environ["MUJOCO_GL"] = "egl"  # no display: MuJoCo draws off screen through EGL
     envs = make_environments(config, 1, render_mode="rgb_array" if shown_pictures and not is_atari(config.env_id) else None)
     if shown_pictures and is_atari(config.env_id):
         envs = ScreenBeside(envs, make_screen_environment(config))
@@ -2438,7 +2449,13 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu",
         if window:
             cleanup.callback(window.close)
         raw, _ = envs.reset(seed=config.seed + 10_000)
-        show_and_keep(envs, raw, window, pictures)
+        try:
+            show_and_keep(envs, raw, window, pictures)
+        except Exception as error:  # MuJoCo without an OpenGL it can draw with
+            if not type(error).__module__.startswith("mujoco"):
+                raise
+            raise UserError(f"MuJoCo cannot draw here ({str(error).splitlines()[0]}); set MUJOCO_GL to egl or osmesa, "
+                            "whichever this machine has (MUJOCO_GL=egl python ppo.py ...)") from None
         episode_return, episode_steps = 0.0, 0
         while len(returns) < episodes:
             observations = normalizer(raw) if normalizer else raw

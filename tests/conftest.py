@@ -45,6 +45,7 @@ def torch_threads(request, monkeypatch):
         return
     for name, (env_id, settings) in ppo.PRESETS.items():
         monkeypatch.setitem(ppo.PRESETS, name, (env_id, {**settings, "torch_threads": threads}))
+    monkeypatch.setitem(ppo.CONTINUOUS_DEFAULTS, "torch_threads", threads)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     yield
