@@ -395,7 +395,7 @@ def describe_program(implementation: str, settings: argparse.Namespace) -> str:
 def write_csv(implementation: str, outcomes: list[Outcome], settings: argparse.Namespace, cpu: str) -> str:
     """tests/results/<implementation>-<env>-seeds<seeds>[-<label>]-<cpu>-<family and model>.csv,
     comment lines first."""
-    parts = [implementation, slug(settings.env), "seeds" + slug(settings.seed_text), slug(settings.label or ""), slug(cpu), cpu_family_and_model()]
+    parts = [implementation, slug(settings.env), "seeds" + slug(settings.seed_text), re.sub(r"[^A-Za-z0-9.]+", "-", settings.label or "").strip("-"), slug(cpu), cpu_family_and_model()]
     path = os.path.join(RESULTS, "-".join(filter(None, parts)) + ".csv")
     comments = [
         f"command: {shlex.join(['python', *sys.argv])}",

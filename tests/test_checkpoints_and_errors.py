@@ -210,6 +210,7 @@ BAD_INPUTS = [
     (["--learning-rate", "inf"], "--learning-rate must be a finite number, got inf"),
     (["--vf-coef", "inf"], "--vf-coef must be a finite number, got inf"),
     (["--ent-coef", "nan"], "--ent-coef must be a finite number, got nan"),
+    (["--advantage-std-floor", "-1"], "--advantage-std-floor must be zero or positive, got -1.0"),
     (["--log-std-init", "nan"], "--log-std-init must be a finite number, got nan"),
     (["--log-std-init", "1e10"], "--log-std-init must be in [-10, 2]"),
     (["--target-kl", "inf"], "--target-kl must be a finite number or none, got inf"),

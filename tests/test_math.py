@@ -211,6 +211,17 @@ def test_reward_scaler_divides_by_the_std_of_the_discounted_return():
     np.testing.assert_allclose(scaler.statistics.var, np.var(returns + [1.5]), rtol=1e-12)
 
 
+def test_advantage_normalization_never_scales_up_past_the_floor():
+    advantages = torch.tensor([0.02, -0.01, 0.03, -0.04])  # near-constant returns: the critic's noise
+    mean, std = advantages.mean(), advantages.std()
+    plain = ppo.normalize(advantages, mean, std, 0.0)
+    assert plain.std().item() == pytest.approx(1.0, rel=1e-4)  # noise blown up to unit size
+    floored = ppo.normalize(advantages, mean, std, 1.0)
+    torch.testing.assert_close(floored, (advantages - mean) / 1.0)  # left as small as it was
+    wide = advantages * 100  # a std above the floor: plain normalization
+    torch.testing.assert_close(ppo.normalize(wide, wide.mean(), wide.std(), 1.0), ppo.normalize(wide, wide.mean(), wide.std(), 0.0))
+
+
 def test_diagnostics():
     old = torch.zeros(4)
     assert ppo.approx_kl(old, old).item() == 0.0
@@ -247,7 +258,7 @@ def reference_update(agent, batch, config):
             distribution = torch.distributions.Categorical(logits=logits)
             ratio = torch.exp(distribution.log_prob(batch["actions"][indices]) - batch["log_probs"][indices])
             advantages = batch["advantages"][indices]
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            advantages = (advantages - advantages.mean()) / (max(advantages.std(), config.advantage_std_floor) + 1e-8)
             surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef) * advantages)
             values = agent.critic.value_net(batch["observations"][indices]).squeeze(-1)
             loss = (-surrogate.mean() + config.vf_coef * 0.5 * ((values - batch["returns"][indices]) ** 2).mean()
