@@ -369,6 +369,14 @@ def source_commit() -> str:
     return commit + (" with uncommitted changes to ppo.py" if git("status", "--porcelain", "ppo.py") else "")
 
 
+def machine_line(*packages: str) -> str:
+    """What a results file says of where it was measured: the CPU with its family and model,
+    the commit of ppo.py, Python, torch, gymnasium and any further packages, the date."""
+    versions = "; ".join(f"{name} {package_version(name)}" for name in ("torch", "gymnasium", *packages))
+    return (f"cpu: {cpu_model()} {cpu_family_and_model()}; ppo.py at {source_commit()}; python {platform.python_version()}; "
+            f"{versions}; date {datetime.datetime.now().isoformat(timespec='seconds')}")
+
+
 def slug(text: str) -> str:
     """A short file-name part: 'Intel(R) Xeon(R) CPU @ 2.20GHz' -> 'Intel-Xeon',
     'AMD EPYC 7B13 64-Core Processor' -> 'AMD-EPYC-7B13'."""
@@ -400,9 +408,7 @@ def write_csv(implementation: str, outcomes: list[Outcome], settings: argparse.N
     comments = [
         f"command: {shlex.join(['python', *sys.argv])}",
         f"program: {describe_program(implementation, settings)}",
-        f"cpu: {cpu} {cpu_family_and_model()}; ppo.py at {source_commit()}; python {platform.python_version()}; "
-        f"torch {package_version('torch')}; gymnasium {package_version('gymnasium')}; "
-        f"date {datetime.datetime.now().isoformat(timespec='seconds')}",
+        machine_line(),
         f"solved: the mean return of the last {settings.window} finished episodes first reached {settings.threshold:g}; "
         "env_steps summed over all environments, wall_seconds since the process was launched; "
         "an unsolved seed's row holds its whole run",

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -30,7 +28,7 @@ import sys
 import tempfile
 import time
 
-from benchmark import RESULTS, cpu_family_and_model, cpu_model, package_version, slug, source_commit
+from benchmark import RESULTS, cpu_family_and_model, cpu_model, machine_line, slug
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE = [sys.executable, "-c", "import torch, gymnasium, torch._dynamo"]
@@ -64,8 +62,7 @@ def main(argv: list[str]) -> int:
     with open(path, "w", newline="") as file:
         file.write(f"# command: {shlex.join(['python', *sys.argv])}\n"
                    f"# baseline: {shlex.join(['python', *BASELINE[1:]])}; one run: {shlex.join(['python', *one_run('TEMPORARY')[1:]])}\n"
-                   f"# cpu: {cpu} {family}; ppo.py at {source_commit()}; python {platform.python_version()}; torch {package_version('torch')}; "
-                   f"gymnasium {package_version('gymnasium')}; date {datetime.datetime.now().isoformat(timespec='seconds')}\n")
+                   f"# {machine_line()}\n")
         writer = csv.writer(file)
         writer.writerow(["pair", "baseline_seconds", "one_run_seconds"])
         writer.writerows([index, f"{first:.3f}", f"{second:.3f}"] for index, (first, second) in enumerate(pairs, 1))

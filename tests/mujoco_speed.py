@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -37,7 +35,7 @@ import sys
 import tempfile
 import time
 
-from benchmark import RESULTS, cpu_family_and_model, cpu_model, package_version, slug, source_commit
+from benchmark import RESULTS, cpu_family_and_model, cpu_model, machine_line, package_version, slug
 from fixed_cost import ROOT
 
 PAPER_SETTINGS = dict(n_steps=2048, batch_size=64, n_epochs=10, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95,
@@ -113,9 +111,7 @@ def main(argv: list[str]) -> int:
                    f"# ppo.py: {shlex.join(['python', *ppo_command(settings, 'TEMPORARY')[1:]])}\n"
                    f"# sb3: stable-baselines3 {package_version('stable-baselines3')} PPO('MlpPolicy', VecNormalize(1 env), "
                    f"{', '.join(f'{name}={value}' for name, value in PAPER_SETTINGS.items())}), 1 torch thread\n"
-                   f"# cpu: {cpu} {family}; ppo.py at {source_commit()}; python {platform.python_version()}; torch {package_version('torch')}; "
-                   f"gymnasium {package_version('gymnasium')}; mujoco {package_version('mujoco')}; "
-                   f"date {datetime.datetime.now().isoformat(timespec='seconds')}\n")
+                   f"# {machine_line('mujoco')}\n")
         writer = csv.writer(file)
         writer.writerow(["pair", "ppo_seconds", "ppo_mean_return", "sb3_seconds", "sb3_mean_return"])
         writer.writerows([index, *(f"{value:.3f}" if column % 2 == 0 else f"{value:.1f}" for column, value in enumerate(pair))]
