@@ -656,8 +656,8 @@ class Runner:
         finished_returns, arrived = [], []
         for t in range(self.config.num_steps):
             actions = agent.act(self.observations)
-            # The buffer keeps the sampled action and its log-prob; only what is sent to
-            # the environment is clipped to the action space.
+            # The buffer keeps the sampled action (its log-prob comes after the rollout);
+            # only what is sent to the environment is clipped to the action space.
             environment_actions = actions.clamp(self.action_low, self.action_high) if self.continuous else actions
             raw_next, rewards, terminated, truncated, _ = self.envs.step(environment_actions.cpu().numpy())
             valid = ~self.autoreset  # the step after an ending only resets: no transition
@@ -1249,9 +1249,9 @@ def check_environment(env_id: str) -> None:
         close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "see gymnasium.registry for the known ids"
         raise UserError(f"unknown environment {env_id!r}: {hint}")
-    if is_mujoco(env_id) and not all(importlib.util.find_spec(name) for name in ("mujoco", "imageio")):
-        raise UserError(f"{env_id} needs the MuJoCo physics engine: pip install 'gymnasium[mujoco]>=1.1' (in requirements.txt)")
     if is_mujoco(env_id):
+        if not all(importlib.util.find_spec(name) for name in ("mujoco", "imageio")):
+            raise UserError(f"{env_id} needs the MuJoCo physics engine: pip install 'gymnasium[mujoco]>=1.1' (in requirements.txt)")
         try:
             import mujoco  # noqa: F401  (it loads the OpenGL that MUJOCO_GL names)
         except Exception as error:
@@ -1444,8 +1444,9 @@ def restore_runner(runner: Runner, state: dict, reset_seed: int) -> None:
         runner.episode_returns[:], runner.autoreset[:] = 0.0, False
         if runner.reward_scaler:
             runner.reward_scaler.discounted_returns[:] = 0.0
-    # Not counted in the statistics: the saved observation already was, and a fresh
-    # reset observation is left out so that a resume does not change them.
+    # The statistics learn only from the observations a rollout receives (section 9): the
+    # saved one already counted and a fresh reset observation does not, so a resume leaves
+    # them as they were.
     runner.observations = runner.network_input(runner.raw_observations)
 
 
