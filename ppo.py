@@ -1970,6 +1970,33 @@ def draw_learning_curves(groups: list[tuple[str, list[dict[str, np.ndarray]]]], 
     return figure
 
 
+def draw_returns_per_environment(environments: list[tuple[str, list[tuple[str, list[dict[str, np.ndarray]]]]]], title: str):
+    """A matplotlib figure of runs of several environments, whose returns share no scale: one
+    panel per environment, its mean return against the environment steps, one color per group
+    of its runs (the median over their seeds and, for several, the band of their range)."""
+    from matplotlib.figure import Figure
+
+    columns = min(4, len(environments))
+    rows = math.ceil(len(environments) / columns)
+    figure = Figure(figsize=(3.5 * columns, 3.0 * rows + 0.6))
+    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+    for axis, (environment, groups) in zip(axes, environments):
+        for color, (label, runs) in enumerate(groups):
+            x, median, low, high = median_and_range(runs, "global_step", "mean_return")
+            axis.plot(x, median, color=f"C{color}", linewidth=1.2, label=label or None)
+            if len(runs) > 1:
+                axis.fill_between(x, low, high, color=f"C{color}", alpha=0.2, linewidth=0)
+        axis.set_title(environment)
+        axis.set_xlabel("environment steps")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="x-small")  # which seeds each line holds
+    for axis in axes[len(environments):]:
+        axis.set_visible(False)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
 def finite_stretches(x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """The pieces of a curve between its NaN values (explained variance is NaN while the
     returns have no variance; the mean return, before the first episode ends)."""
@@ -2092,7 +2119,8 @@ def picture_mark(path: str) -> typing.Optional[str]:
 
 def plot_runs(run_dirs: list[str], output: str) -> None:
     """Draw the learning curves of several run folders into one PNG file: runs that differ
-    only in the seed as the median and range of one setting, other settings beside them.
+    only in the seed as the median and range of one setting, other settings beside them;
+    runs of several environments as one mean-return panel per environment.
     Nothing but a picture that --plot drew is ever replaced."""
     if importlib.util.find_spec("matplotlib") is None:
         raise UserError("--plot draws with matplotlib: pip install -r requirements.txt")
@@ -2109,10 +2137,19 @@ def plot_runs(run_dirs: list[str], output: str) -> None:
         raise UserError(f"--plot-output {output}: the folder {os.path.dirname(output)} does not exist; create it or choose another path")
     if os.path.exists(output) and picture_mark(output) != PLOT_MARK:
         raise UserError(f"{output} exists and is not a picture that --plot drew, so it is kept; choose another --plot-output")
-    groups = [(label, [tables[index] for index in members]) for label, members in group_runs(configs)]
-    environments = ", ".join(dict.fromkeys(str(values.get("env")) for values in configs))
-    seeds = "; each line the median over its seeds, the band their range" if any(len(runs) > 1 for _, runs in groups) else ""
-    figure = draw_learning_curves(groups, f"{environments}: {len(run_dirs)} run{'s' if len(run_dirs) > 1 else ''}{seeds}")
+    environments = list(dict.fromkeys(str(values.get("env")) for values in configs))
+    per_environment = []  # (environment, its groups: (label, their tables))
+    for environment in environments:
+        indices = [index for index, values in enumerate(configs) if str(values.get("env")) == environment]
+        per_environment.append((environment, [(label, [tables[indices[member]] for member in members])
+                                              for label, members in group_runs([configs[index] for index in indices])]))
+    seeds = ("; each line the median over its seeds, the band their range"
+             if any(len(runs) > 1 for _, groups in per_environment for _, runs in groups) else "")
+    title = f"{', '.join(environments)}: {len(run_dirs)} run{'s' if len(run_dirs) > 1 else ''}{seeds}"
+    if len(environments) == 1:
+        figure = draw_learning_curves(per_environment[0][1], title)
+    else:  # several tasks: the mean return of each in its own panel
+        figure = draw_returns_per_environment(per_environment, f"mean return of the last episodes, {len(run_dirs)} runs{seeds}")
     try:
         save_picture(figure, output, PLOT_MARK)
     except OSError as error:
@@ -2559,7 +2596,8 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_argument("--max-episode-steps", type=int, default=None, metavar="STEPS",
                          help="with --eval or --watch: end each episode after this many steps (default: at its own end)")
     actions.add_argument("--plot", nargs="+", metavar="RUN_DIR", default=None, help="draw the learning curves of these run "
-                         "folders in one picture (runs that differ only in the seed as a median and a band) and print its path")
+                         "folders in one picture (runs that differ only in the seed as a median and a band; several environments "
+                         "as one return panel each) and print its path")
     actions.add_argument("--plot-output", metavar="FILE", default=None, help="the .png file --plot writes "
                          "(default: learning-curves.png); it replaces only a picture that --plot drew")
     return parser

@@ -118,6 +118,21 @@ def test_plot_draws_several_runs_in_one_picture_and_prints_its_path(three_runs, 
     assert output.read_bytes() != first and capsys.readouterr().out == f"{output}\n{output}\n"
 
 
+@pytest.mark.long
+def test_plot_of_several_environments_draws_one_return_panel_each(three_runs, tmp_path, capsys, monkeypatch):
+    pendulum = tmp_path / "pendulum"
+    ppo.ppo(ppo.make_config("Pendulum", num_envs=2, num_steps=64, num_minibatches=2, total_steps=512, run_dir=str(pendulum)))
+    figures = []
+    monkeypatch.setattr(ppo, "save_picture", lambda figure, path, mark: figures.append(figure))
+    assert ppo.main(["--plot", *three_runs, str(pendulum), "--plot-output", str(tmp_path / "tasks.png")]) == 0
+    panels = [axis for axis in figures[0].axes if axis.get_visible()]
+    assert [axis.get_title() for axis in panels] == ["CartPole", "Pendulum"]
+    # CartPole's two settings (seeds 1 and 2 as one median and band, the faster rate beside it); Pendulum's one run.
+    assert all(axis.get_legend() is not None for axis in panels)
+    assert [[line.get_label() for line in axis.get_lines()] for axis in panels] == [
+        ["--learning-rate 0.002 (seeds 1, 2)", "--learning-rate 0.005 (seed 1)"], ["(seed 1)"]]
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "is not a folder; give run folders to --plot"),
     ("no metrics", "holds no metrics.csv, so it is not a run folder"),
