@@ -214,14 +214,14 @@ def test_evaluation_uses_the_saved_statistics_without_updating_them(tmp_path, mo
 @pytest.mark.long
 def test_pendulum_learns_within_a_step_budget(tmp_path):
     """A random policy scores about -1200. With the preset, unchanged but for an early stop
-    at -400 over the last 100 episodes, seeds 1 to 10 on an AMD EPYC got there after a
-    median of 57,060 steps and at most 67,248 (ppo.py's own check). The budget is about 1.5
-    times that worst seed, because on another CPU this seed's trajectory is a fresh draw;
-    no seed came within 2/3 of it."""
+    at -400 over the last 100 episodes, seeds 1 to 10 on an Intel Xeon (family 6, model 167)
+    got there after a median of 50,948 steps and at most 77,440 (ppo.py's own check). The
+    budget is about 1.5 times that worst seed, because on another CPU this seed's trajectory
+    is a fresh draw; no seed came within 2/3 of it."""
     config = ppo.make_config("Pendulum", seed=3, target_return=-400.0, run_dir=str(tmp_path))
     metrics = ppo.ppo(config)
     assert metrics["status"] == "solved" and metrics["mean_return"] >= -400
-    assert metrics["global_step"] <= 100_000
+    assert metrics["global_step"] <= 120_000
 
 
 @pytest.mark.long
