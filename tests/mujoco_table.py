@@ -1,0 +1,135 @@
+"""The PPO paper's MuJoCo benchmark (section 6.1, Figure 3): seven tasks at one million
+steps, three seeds each, scored as the paper scores them: the mean total reward of the
+last 100 training episodes, here the mean return that ppo.py logs at the end of each run.
+
+Each task and seed trains with ppo.py's settings for MuJoCo ids (the paper's Table 3),
+unchanged:
+    python ppo.py --env TASK --seed SEED --run-dir RUNS/TASK-seedSEED
+A folder of RUNS that already holds the finished run is read, not trained again, so the
+table can be built over several sittings; one that holds an unfinished run is refused.
+
+It writes, for each run, its config.json and metrics.csv to tests/results/mujoco/TASK-seedSEED/
+(folders that `python ppo.py --plot` draws), the picture of all the tasks' curves,
+tests/results/mujoco-learning-curves.png, and tests/results/mujoco-table-<cpu>.csv (one row
+per run under comment lines with the command, the CPU, the commit and the versions), then
+prints the table in Markdown beside the published figures. With --jobs above 1 the wall
+times are not a timing. Not collected by pytest: hours of training are a measurement.
+
+Run from the repository root:
+    python tests/mujoco_table.py --jobs 2
+    python tests/mujoco_table.py --tasks Hopper-v5 --seeds 1-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+
+from benchmark import PPO_PROGRAM, RESULTS, cpu_family_and_model, cpu_model, machine_line, parse_seeds, slug
+
+# Published mean returns at one million steps. The PPO paper gives them only as curves
+# (Figure 3, the v1 tasks): the values read off it are approximate. CleanRL:
+# ppo_continuous_action on the v4 tasks, 3 seeds, mean +/- std. Stable-Baselines3: the
+# rl-baselines3-zoo benchmark (v3 tasks, hyperparameters tuned per task, one run).
+PUBLISHED = {
+    "HalfCheetah-v5": ("~1,800", "1,442.64 ± 46.03", "5,819.1"),
+    "Hopper-v5": ("~2,330", "2,382.86 ± 271.74", "2,410.4"),
+    "Walker2d-v5": ("~3,460", "2,287.95 ± 571.78", "3,478.8"),
+    "Swimmer-v5": ("~108", "-", "281.6"),
+    "Reacher-v5": ("~-7", "-", "-"),
+    "InvertedPendulum-v5": ("~1,000", "963.09 ± 22.20", "-"),
+    "InvertedDoublePendulum-v5": ("~8,000", "-", "-"),
+}
+TABLE_FOLDER = os.path.join(RESULTS, "mujoco")
+
+
+def last_row(run_dir: str) -> dict | None:
+    """The last row of a run folder's metrics.csv, or None when it has none."""
+    try:
+        with open(os.path.join(run_dir, "metrics.csv"), newline="") as file:
+            rows = list(csv.DictReader(file))
+    except OSError:
+        return None
+    return rows[-1] if rows else None
+
+
+def expected_iterations(run_dir: str) -> int:
+    with open(os.path.join(run_dir, "config.json")) as file:
+        config = json.load(file)
+    return config["total_steps"] // (config["num_envs"] * config["num_steps"])
+
+
+def train(task: str, seed: int, runs: str) -> tuple[str, int, dict]:
+    """The finished run of task and seed: trained now, or read from its folder."""
+    run_dir = os.path.join(runs, f"{task}-seed{seed}")
+    if os.path.isdir(run_dir):
+        row = last_row(run_dir)
+        if row is None or int(row["iteration"]) < expected_iterations(run_dir):
+            raise SystemExit(f"{run_dir} holds an unfinished run: let it finish "
+                             f"(python ppo.py --resume {run_dir}/checkpoint.pt) or delete the folder")
+    else:
+        command = [sys.executable, PPO_PROGRAM, "--env", task, "--seed", str(seed), "--run-dir", run_dir]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return task, seed, last_row(run_dir)
+
+
+def keep(task: str, seed: int, runs: str) -> str:
+    """Copy a run's config.json and metrics.csv into tests/results/mujoco/; return the copy."""
+    kept = os.path.join(TABLE_FOLDER, f"{task}-seed{seed}")
+    os.makedirs(kept, exist_ok=True)
+    for name in ("config.json", "metrics.csv"):
+        shutil.copyfile(os.path.join(runs, f"{task}-seed{seed}", name), os.path.join(kept, name))
+    return kept
+
+
+def markdown_table(results: dict[str, list[float]], seeds: list[int]) -> str:
+    lines = [f"| task | ppo.py, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}: median (range) | PPO paper, Fig. 3 (v1, approx.) "
+             "| CleanRL (v4, 3 seeds) | SB3 zoo (v3, tuned, 1 run) |", "| --- | --- | --- | --- | --- |"]
+    for task, returns in results.items():
+        spread = f"{statistics.median(returns):,.1f} ({min(returns):,.1f} to {max(returns):,.1f})"
+        lines.append(f"| {task} | {spread} | " + " | ".join(PUBLISHED.get(task, ("-", "-", "-"))) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=list(PUBLISHED), help="MuJoCo ids (default: the paper's seven, v5)")
+    parser.add_argument("--seeds", default="1-3", help="seeds of each task: 1-3 or 1,2,5 (default 1-3)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1); above 1 the wall times are not a timing")
+    parser.add_argument("--runs", default=os.path.join("runs", "mujoco"), help="folder of the run folders (default runs/mujoco)")
+    settings = parser.parse_args()
+    seeds = parse_seeds(settings.seeds)
+    pairs = [(task, seed) for task in settings.tasks for seed in seeds]
+    with concurrent.futures.ThreadPoolExecutor(settings.jobs) as pool:
+        finished = list(pool.map(lambda pair: train(*pair, settings.runs), pairs))
+    kept = [keep(task, seed, settings.runs) for task, seed, _ in finished]
+    name = f"mujoco-table-{slug(cpu_model())}-{cpu_family_and_model()}.csv"
+    with open(os.path.join(RESULTS, name), "w", newline="") as file:
+        file.write(f"# command: python tests/mujoco_table.py {shlex.join(sys.argv[1:])}\n# {machine_line('mujoco')}\n")
+        file.write("# final_mean_return: the mean return of the last 100 training episodes at the end of the run (the paper's "
+                   "score); wall_seconds: metrics.csv's, the run's own clock" + (" (several runs at once: not a timing)\n"
+                                                                                     if settings.jobs > 1 else "\n"))
+        writer = csv.writer(file)
+        writer.writerow(["task", "seed", "final_mean_return", "env_steps", "wall_seconds"])
+        for task, seed, row in finished:
+            writer.writerow([task, seed, f"{float(row['mean_return']):.1f}", row["global_step"],
+                             f"{float(row['wall_seconds']):.0f}"])
+    picture = os.path.join(RESULTS, "mujoco-learning-curves.png")
+    subprocess.run([sys.executable, PPO_PROGRAM, "--plot", *kept, "--plot-output", picture], check=True, stdout=subprocess.DEVNULL)
+    results: dict[str, list[float]] = {}
+    for task, _, row in finished:
+        results.setdefault(task, []).append(float(row["mean_return"]))
+    print(markdown_table(results, seeds))
+    print(f"wrote {os.path.relpath(os.path.join(RESULTS, name))}, {os.path.relpath(picture)} and {os.path.relpath(TABLE_FOLDER)}/")
+
+
+if __name__ == "__main__":
+    main()
