@@ -98,7 +98,7 @@ class Config:
     clip_coef: float = option(0.2, "epsilon, clip range of the probability ratio, in (0, 1); typically 0.1 to 0.3; not annealed (clip objective)")
     kl_coef: float = option(1.0, "beta, the initial weight of the KL penalty, adapted after every iteration (kl-penalty objective)")
     kl_penalty_target: float = option(0.01, "d_targ, the KL per iteration the penalty's beta is adapted towards (kl-penalty objective); typically 0.003 to 0.03")
-    ent_coef: float = option(0.01, "c2, weight of the entropy bonus; typically 0 to 0.01")
+    ent_coef: float = option(0.01, "c2, weight of the entropy bonus; typically 0 to 0.03")
     vf_coef: float = option(0.5, "weight of the value loss (V - R)^2 / 2, so the paper's c1 is vf_coef / 2; typically 0.5 to 1")
     max_grad_norm: float = option(0.5, "clip the global gradient norm to this; typically 0.5")
     target_kl: typing.Optional[float] = option(None, "end an iteration's whole update once approx KL exceeds this (none: never); typically 0.01 to 0.05")
@@ -2137,19 +2137,22 @@ def plot_runs(run_dirs: list[str], output: str) -> None:
         raise UserError(f"--plot-output {output}: the folder {os.path.dirname(output)} does not exist; create it or choose another path")
     if os.path.exists(output) and picture_mark(output) != PLOT_MARK:
         raise UserError(f"{output} exists and is not a picture that --plot drew, so it is kept; choose another --plot-output")
-    environments = list(dict.fromkeys(str(values.get("env")) for values in configs))
+    def environment_id(values: dict) -> str:  # a preset's runs and its gymnasium id's are one environment
+        return PRESETS[values["env"]][0] if values.get("env") in PRESETS else str(values.get("env"))
+
+    environments = list(dict.fromkeys(environment_id(values) for values in configs))
     per_environment = []  # (environment, its groups: (label, their tables))
     for environment in environments:
-        indices = [index for index, values in enumerate(configs) if str(values.get("env")) == environment]
+        indices = [index for index, values in enumerate(configs) if environment_id(values) == environment]
         per_environment.append((environment, [(label, [tables[indices[member]] for member in members])
                                               for label, members in group_runs([configs[index] for index in indices])]))
-    seeds = ("; each line the median over its seeds, the band their range"
-             if any(len(runs) > 1 for _, groups in per_environment for _, runs in groups) else "")
-    title = f"{', '.join(environments)}: {len(run_dirs)} run{'s' if len(run_dirs) > 1 else ''}{seeds}"
+    runs = f"{len(run_dirs)} run{'s' if len(run_dirs) > 1 else ''}"
+    if any(len(members) > 1 for _, groups in per_environment for _, members in groups):
+        runs += "; each line the median over its seeds, the band their range"
     if len(environments) == 1:
-        figure = draw_learning_curves(per_environment[0][1], title)
+        figure = draw_learning_curves(per_environment[0][1], f"{environments[0]}: {runs}")
     else:  # several tasks: the mean return of each in its own panel
-        figure = draw_returns_per_environment(per_environment, f"mean return of the last episodes, {len(run_dirs)} runs{seeds}")
+        figure = draw_returns_per_environment(per_environment, f"mean return (the logged mean of the last episodes)\n{runs}")
     try:
         save_picture(figure, output, PLOT_MARK)
     except OSError as error:

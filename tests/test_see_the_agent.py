@@ -126,7 +126,7 @@ def test_plot_of_several_environments_draws_one_return_panel_each(three_runs, tm
     monkeypatch.setattr(ppo, "save_picture", lambda figure, path, mark: figures.append(figure))
     assert ppo.main(["--plot", *three_runs, str(pendulum), "--plot-output", str(tmp_path / "tasks.png")]) == 0
     panels = [axis for axis in figures[0].axes if axis.get_visible()]
-    assert [axis.get_title() for axis in panels] == ["CartPole", "Pendulum"]
+    assert [axis.get_title() for axis in panels] == ["CartPole-v1", "Pendulum-v1"]
     # CartPole's two settings (seeds 1 and 2 as one median and band, the faster rate beside it); Pendulum's one run.
     assert all(axis.get_legend() is not None for axis in panels)
     assert [[line.get_label() for line in axis.get_lines()] for axis in panels] == [
