@@ -2086,13 +2086,15 @@ def read_run_config(run_dir: str) -> dict:
     return values
 
 
+def learning_settings(values: dict) -> dict:
+    """The values of a config.json that change what a run learns."""
+    return {name: value for name, value in values.items() if name not in NOT_LEARNING_SETTINGS}
+
+
 def group_runs(configs: list[dict]) -> list[tuple[str, list[int]]]:
     """The runs (by index) of each setting, in the order given, each with a label that names
     its values of the settings in which the groups differ, and its seeds."""
-    def setting(values: dict) -> str:
-        return json.dumps({name: value for name, value in values.items() if name not in NOT_LEARNING_SETTINGS}, sort_keys=True)
-
-    keys = [setting(values) for values in configs]
+    keys = [json.dumps(learning_settings(values), sort_keys=True) for values in configs]
     differing = sorted({name for values in configs for name in values if name not in NOT_LEARNING_SETTINGS
                         and len({json.dumps(other.get(name)) for other in configs}) > 1})
     groups = []

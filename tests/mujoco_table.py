@@ -58,25 +58,22 @@ PUBLISHED = {
 TABLE_FOLDER = os.path.join(RESULTS, "mujoco")
 
 
-def learning_settings(values: dict) -> dict:
-    """A config's values that change what a run learns."""
-    return {name: value for name, value in values.items() if name not in ppo.NOT_LEARNING_SETTINGS}
+def run_folder(runs: str, task: str, seed: int) -> str:
+    return os.path.join(runs, f"{task}-seed{seed}")
 
 
 def check_folder(task: str, seed: int, runs: str) -> None:
     """Refuse a folder that holds an unfinished run, or a run of other settings than ppo.py's
     for this task and seed: the table holds only whole runs of one setting."""
-    run_dir = os.path.join(runs, f"{task}-seed{seed}")
+    run_dir = run_folder(runs, task, seed)
     if not os.path.isdir(run_dir):
         return
     try:
-        with open(os.path.join(run_dir, "config.json")) as file:
-            values = json.load(file)
-        metrics = ppo.read_metrics(run_dir)
-    except (OSError, ValueError, ppo.UserError):
+        values, metrics = ppo.read_run_config(run_dir), ppo.read_metrics(run_dir)
+    except ppo.UserError:
         raise SystemExit(f"{run_dir} does not hold a run that ppo.py wrote; delete it or give another --runs")
     expected = json.loads(json.dumps(dataclasses.asdict(ppo.make_config(task, seed=seed))))  # tuples as JSON lists
-    if learning_settings(values) != learning_settings(expected):
+    if ppo.learning_settings(values) != ppo.learning_settings(expected):
         raise SystemExit(f"{run_dir} holds a run of other settings than ppo.py's for {task}; delete it or give another --runs")
     if metrics["global_step"].size < ppo.config_from_dict(values).num_iterations:
         raise SystemExit(f"{run_dir} holds an unfinished run: finish it (python ppo.py --resume {run_dir}/checkpoint.pt) "
@@ -86,7 +83,7 @@ def check_folder(task: str, seed: int, runs: str) -> None:
 def train(task: str, seed: int, runs: str) -> tuple[str, int, dict]:
     """The finished run of task and seed, trained now or read from its folder: its final mean
     return, steps and wall seconds (summed over its launches, if it was resumed)."""
-    run_dir = os.path.join(runs, f"{task}-seed{seed}")
+    run_dir = run_folder(runs, task, seed)
     if not os.path.isdir(run_dir):
         command = [sys.executable, PPO_PROGRAM, "--env", task, "--seed", str(seed), "--run-dir", run_dir]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -102,7 +99,7 @@ def keep(task: str, seed: int, runs: str) -> str:
     kept = os.path.join(TABLE_FOLDER, f"{task}-seed{seed}")
     os.makedirs(kept, exist_ok=True)
     for name in ("config.json", "metrics.csv"):
-        shutil.copyfile(os.path.join(runs, f"{task}-seed{seed}", name), os.path.join(kept, name))
+        shutil.copyfile(os.path.join(run_folder(runs, task, seed), name), os.path.join(kept, name))
     return kept
 
 
