@@ -1235,17 +1235,19 @@ def is_mujoco(env_id: str) -> bool:
 
 def check_environment(env_id: str) -> None:
     """Raise UserError if env_id cannot be made here: unknown, or its package is missing."""
-    if is_atari(env_id):
-        if importlib.util.find_spec("ale_py") is None:
-            raise UserError(f"{env_id} needs the Atari emulator: pip install 'ale-py>=0.11' (it ships the game ROMs)")
+    if is_atari(env_id) and importlib.util.find_spec("ale_py") is None:
+        raise UserError(f"{env_id} needs the Atari emulator: pip install 'ale-py>=0.11' (it ships the game ROMs)")
+    if (is_atari(env_id) or env_id not in gym.registry) and importlib.util.find_spec("ale_py"):
         import ale_py
-        gym.register_envs(ale_py)
+        gym.register_envs(ale_py)  # the ALE/ ids, and the old gym API's Atari ids
+    def old_atari(known_id: str) -> bool:
+        return not is_atari(known_id) and "ale_py" in str(gym.spec(known_id).entry_point)
+    if env_id in gym.registry and old_atari(env_id):
+        game = re.split(r"NoFrameskip|Deterministic|-v", env_id)[0]
+        raise UserError(f"{env_id} is an Atari id of the old gym API, which ppo.py does not take; use --env ALE/{game}-v5 "
+                        "(ppo.py sets frame skip and sticky actions itself)" + (" or the preset --env Pong" if game == "Pong" else ""))
     if env_id not in gym.registry:
-        if env_id.endswith("NoFrameskip-v4") or env_id.endswith("-v4"):
-            game = env_id.split("NoFrameskip")[0].split("-v")[0]
-            raise UserError(f"{env_id} is an old gym id that ale-py 0.11 no longer registers; use --env ALE/{game}-v5 "
-                            "(ppo.py sets frame skip and sticky actions itself)" + (" or the preset --env Pong" if game == "Pong" else ""))
-        known = list(PRESETS) + list(gym.registry)
+        known = list(PRESETS) + [known_id for known_id in gym.registry if not old_atari(known_id)]
         close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "see gymnasium.registry for the known ids"
         raise UserError(f"unknown environment {env_id!r}: {hint}")

@@ -262,6 +262,19 @@ def test_atari_without_ale_py_gives_the_install_hint(tmp_path, capsys, monkeypat
     assert "pip install 'ale-py>=0.11'" in capsys.readouterr().err
 
 
+def test_an_old_gym_atari_id_is_refused_also_once_ale_py_has_registered_it(tmp_path, capsys):
+    import ale_py
+    import gymnasium as gym
+
+    gym.register_envs(ale_py)  # as a Pong run earlier in the same process does: PongNoFrameskip-v4 is known now
+    for old_id, new_id in (("PongNoFrameskip-v4", "ALE/Pong-v5"), ("SpaceInvaders-v4", "ALE/SpaceInvaders-v5")):
+        assert ppo.main(["--env", old_id, "--run-dir", str(tmp_path / "run")]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {old_id} is an Atari id of the old gym API") and f"use --env {new_id}" in error
+        assert error.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_mujoco_task_without_mujoco_gives_the_install_hint(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mujoco" else real_find_spec(name, *a))
     assert ppo.main(["--env", "Hopper-v5", "--run-dir", str(tmp_path / "run")]) == 2
