@@ -1229,25 +1229,32 @@ def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
 
 
+def is_old_atari(env_id: str) -> bool:
+    """An id that ale-py registers for the old gym API's Atari (PongNoFrameskip-v4)."""
+    return not is_atari(env_id) and "ale_py" in str(gym.registry[env_id].entry_point)
+
+
 def is_mujoco(env_id: str) -> bool:
     return env_id in gym.registry and "envs.mujoco" in str(gym.spec(env_id).entry_point)
 
 
 def check_environment(env_id: str) -> None:
     """Raise UserError if env_id cannot be made here: unknown, or its package is missing."""
-    if is_atari(env_id) and importlib.util.find_spec("ale_py") is None:
+    ale_py_installed = importlib.util.find_spec("ale_py") is not None
+    if is_atari(env_id) and not ale_py_installed:
         raise UserError(f"{env_id} needs the Atari emulator: pip install 'ale-py>=0.11' (it ships the game ROMs)")
-    if (is_atari(env_id) or env_id not in gym.registry) and importlib.util.find_spec("ale_py"):
+    if (is_atari(env_id) or env_id not in gym.registry) and ale_py_installed:
         import ale_py
         gym.register_envs(ale_py)  # the ALE/ ids, and the old gym API's Atari ids
-    def old_atari(known_id: str) -> bool:
-        return not is_atari(known_id) and "ale_py" in str(gym.spec(known_id).entry_point)
-    if env_id in gym.registry and old_atari(env_id):
-        game = re.split(r"NoFrameskip|Deterministic|-v", env_id)[0]
+    # gym's old Atari ids: ale-py registers them for old code; without it, they are known by their form
+    registered_old_id = env_id in gym.registry and is_old_atari(env_id)
+    unregistered_old_id = not ale_py_installed and env_id not in gym.registry and re.fullmatch(r"\w+(NoFrameskip-v[04]|-v4)", env_id)
+    if registered_old_id or unregistered_old_id:
+        game = re.split(r"NoFrameskip|-v", env_id)[0]
         raise UserError(f"{env_id} is an Atari id of the old gym API, which ppo.py does not take; use --env ALE/{game}-v5 "
                         "(ppo.py sets frame skip and sticky actions itself)" + (" or the preset --env Pong" if game == "Pong" else ""))
     if env_id not in gym.registry:
-        known = list(PRESETS) + [known_id for known_id in gym.registry if not old_atari(known_id)]
+        known = list(PRESETS) + [known_id for known_id in gym.registry if not is_old_atari(known_id)]
         close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "see gymnasium.registry for the known ids"
         raise UserError(f"unknown environment {env_id!r}: {hint}")
@@ -1255,10 +1262,13 @@ def check_environment(env_id: str) -> None:
         if not all(importlib.util.find_spec(name) for name in ("mujoco", "imageio")):
             raise UserError(f"{env_id} needs the MuJoCo physics engine: pip install 'gymnasium[mujoco]>=1.1' (in requirements.txt)")
         try:
-            import mujoco  # noqa: F401  (it loads the OpenGL that MUJOCO_GL names)
+            import mujoco  # it loads the OpenGL that MUJOCO_GL names
         except Exception as error:
             raise UserError(f"MuJoCo does not start with MUJOCO_GL={os.environ.get('MUJOCO_GL')} ({type(error).__name__}: {error}); "
                             "unset MUJOCO_GL, or set it to egl or osmesa, whichever this machine has") from None
+        # Its warnings (HalfCheetah's model uses a deprecated attribute) as Python warnings, rather
+        # than into a MUJOCO_LOG.TXT in the working directory, a folder that is not the run's.
+        mujoco.set_mju_user_warning(lambda text: warnings.warn(f"MuJoCo: {text}"))
 
 
 def check_spaces(observation_space: gym.Space, action_space: gym.Space, config: Config) -> None:
@@ -1927,12 +1937,15 @@ def cumulative_wall_seconds(wall_seconds: np.ndarray) -> np.ndarray:
 def median_and_range(runs: list[dict[str, np.ndarray]], x_name: str, y_name: str, points: int = 200) -> tuple[np.ndarray, ...]:
     """x, the median of y and its range (min to max) over the runs. One run is its own curve;
     several (seeds) are interpolated onto a common grid of x, and each point of the grid
-    counts the runs that reach it (a run stopped at its target return drops out)."""
+    counts the runs that reach it (a run stopped at its target return drops out). Runs of one
+    length end within 1% of each other (their episodes end at different steps): the grid ends
+    where the first of them ends, so that its last points are not one seed's alone."""
     if len(runs) == 1:
         x, y = runs[0][x_name], runs[0][y_name]
         known = np.isfinite(y)
         return x[known], y[known], y[known], y[known]
-    grid = np.linspace(0.0, max(float(np.nanmax(run[x_name])) for run in runs), points)
+    ends = [float(np.nanmax(run[x_name])) for run in runs]
+    grid = np.linspace(0.0, min(ends) if min(ends) >= 0.99 * max(ends) else max(ends), points)
     values = np.full((len(runs), points), np.nan)  # (runs, points)
     for index, run in enumerate(runs):
         known = np.isfinite(run[y_name])

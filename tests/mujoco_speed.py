@@ -12,9 +12,9 @@ VecNormalize for the two normalizations, and one torch thread.
 
 Each pair runs ppo.py, then SB3, whole processes timed from launch to exit (imports
 included); a first unmeasured pair of at most 20,480 steps fills the file cache. The speedup
-is the ratio of the medians. Also printed: each one's mean return of its last 100 training episodes. Not
-collected by pytest: a timing is a measurement, not a test. Needs stable-baselines3, which
-is not a requirement of the project: pip install stable-baselines3.
+is the ratio of the medians. Also printed: each one's mean return of its last 100 training
+episodes. Not collected by pytest: a timing is a measurement, not a test. Needs
+stable-baselines3, which is not a requirement of the project: pip install stable-baselines3.
 
 Run from the repository root, on a machine where nothing else runs:
     python tests/mujoco_speed.py --env InvertedPendulum-v5 --steps 20480 --pairs 5

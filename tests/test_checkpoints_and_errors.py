@@ -275,6 +275,20 @@ def test_an_old_gym_atari_id_is_refused_also_once_ale_py_has_registered_it(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_an_old_gym_atari_id_without_ale_py_still_gets_the_id_to_use(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ale_py" else real_find_spec(name, *a))
+    monkeypatch.setattr(ppo.gym, "registry", {key: spec for key, spec in ppo.gym.registry.items() if "ale_py" not in str(spec.entry_point)})
+    assert ppo.main(["--env", "BreakoutNoFrameskip-v4", "--run-dir", str(tmp_path / "run")]) == 2
+    assert "use --env ALE/Breakout-v5" in capsys.readouterr().err
+    ppo.check_environment("Hopper-v4")  # an id of the same form that is registered is not refused
+
+
+def test_close_matches_of_an_unknown_id_leave_out_the_old_atari_ids(tmp_path, capsys):
+    assert ppo.main(["--env", "Breakout-v9", "--run-dir", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert "did you mean" in error and "ALE/Breakout-v5" in error and "Breakout-v4" not in error
+
+
 def test_mujoco_task_without_mujoco_gives_the_install_hint(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mujoco" else real_find_spec(name, *a))
     assert ppo.main(["--env", "Hopper-v5", "--run-dir", str(tmp_path / "run")]) == 2

@@ -1,5 +1,6 @@
 """The MuJoCo tasks of the PPO paper: any MuJoCo id takes the paper's settings, and a short
 Hopper run goes end to end: train, checkpoint, --eval, --record."""
+import gymnasium as gym
 import pytest
 
 import ppo
@@ -15,6 +16,14 @@ def test_a_mujoco_id_takes_the_papers_settings():
         assert (config.learning_rate, config.gamma, config.gae_lambda, config.clip_coef, config.ent_coef) == (3e-4, 0.99, 0.95, 0.2, 0.0)
         assert (config.hidden_sizes, config.activation) == ((64, 64), "tanh")
         assert config.normalize_observations and config.scale_rewards
+
+
+def test_mujoco_warnings_come_as_python_warnings_not_as_a_log_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ppo.check_environment("HalfCheetah-v5")
+    with pytest.warns(UserWarning, match="MuJoCo: .*settotalmass"):  # HalfCheetah's model uses a deprecated attribute
+        gym.make("HalfCheetah-v5").close()
+    assert list(tmp_path.iterdir()) == []  # MuJoCo alone would write MUJOCO_LOG.TXT here
 
 
 @pytest.mark.long

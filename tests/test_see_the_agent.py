@@ -84,6 +84,14 @@ def test_median_and_range_over_seeds_on_a_common_grid():
     assert median.tolist() == [1.0, 12.0, 21.0] and low.tolist() == [0.0, 10.0, 20.0] and high.tolist() == [2.0, 14.0, 22.0]
 
 
+def test_runs_of_one_length_end_where_the_first_of_them_ends():
+    runs = [{"global_step": np.array([0.0, 500.0, last]), "mean_return": np.array([0.0, 5.0, 10.0 * seed])}
+            for seed, last in ((1, 1000.0), (2, 998.0), (3, 996.0))]  # episodes ended at different steps
+    x, median, low, high = ppo.median_and_range(runs, "global_step", "mean_return", points=3)
+    assert x.tolist() == [0.0, 498.0, 996.0]
+    assert high[-1] == 30.0 and low[-1] < 10.0  # every seed at the last point, not the longest run's alone
+
+
 def test_runs_that_differ_only_in_the_seed_are_one_setting():
     base = json.loads(json.dumps(ppo.dataclasses.asdict(ppo.make_config("CartPole"))))  # as config.json holds it
     configs = [{**base, "seed": 1, "run_dir": "a"}, {**base, "seed": 2, "run_dir": "b", "torch_threads": 2},
