@@ -1231,7 +1231,7 @@ def is_atari(env_id: str) -> bool:
 
 def is_old_atari(env_id: str) -> bool:
     """An id that ale-py registers for the old gym API's Atari (PongNoFrameskip-v4)."""
-    return not is_atari(env_id) and "ale_py" in str(gym.registry[env_id].entry_point)
+    return not is_atari(env_id) and env_id in gym.registry and "ale_py" in str(gym.registry[env_id].entry_point)
 
 
 def is_mujoco(env_id: str) -> bool:
@@ -1247,9 +1247,8 @@ def check_environment(env_id: str) -> None:
         import ale_py
         gym.register_envs(ale_py)  # the ALE/ ids, and the old gym API's Atari ids
     # gym's old Atari ids: ale-py registers them for old code; without it, they are known by their form
-    registered_old_id = env_id in gym.registry and is_old_atari(env_id)
     unregistered_old_id = not ale_py_installed and env_id not in gym.registry and re.fullmatch(r"\w+(NoFrameskip-v[04]|-v4)", env_id)
-    if registered_old_id or unregistered_old_id:
+    if is_old_atari(env_id) or unregistered_old_id:
         game = re.split(r"NoFrameskip|-v", env_id)[0]
         raise UserError(f"{env_id} is an Atari id of the old gym API, which ppo.py does not take; use --env ALE/{game}-v5 "
                         "(ppo.py sets frame skip and sticky actions itself)" + (" or the preset --env Pong" if game == "Pong" else ""))
