@@ -19,15 +19,15 @@ Run:
     python ppo.py --eval runs/CartPole-v1-1-<time>/checkpoint.pt --episodes 10
     python ppo.py --help                     # every flag, with its meaning and range
     torchrun --standalone --nproc-per-node 2 ppo.py --env CartPole   # 2 processes, data-parallel
-From Python: `for diagnostics in learn(make_config("CartPole")): print(diagnostics)`.
+From Python: `for diagnostics in learn(make_config("CartPole")): print(diagnostics["episode_returns"])`.
 
-Part I is the algorithm: 1 configuration, 2 networks, 3 actors and critic, 4 rollout
-buffer and GAE, 5 the losses, 6 environments and the runner, 7 the update and one PPO
-iteration, 8 the training loop. A reader who stops there has read all of PPO. Part II runs
-it as a tool: 9 running normalization for continuous control, 10 several processes
-(torchrun), 11 checking the input, 12 checkpoints, 13 the run folder, its log and
-pictures, 14 `ppo()`, a run from start to stop, 15 evaluation and recordings, 16 the
-command line.
+Part I is the algorithm, in the order it runs: 1 configuration, 2 the training loop
+(`learn`), 3 one iteration, 4 the update, 5 the losses, 6 GAE and the rollout buffer, 7 the
+runner and the environments, 8 actors and critic, 9 networks. A reader who stops there has
+read all of PPO. Part II runs it as a tool: 10 running normalization for continuous
+control, 11 several processes (torchrun), 12 checking the input, 13 checkpoints, 14 the run
+folder, its log and pictures, 15 `ppo()`, a run from start to stop, 16 evaluation and
+recordings, 17 the command line.
 """
 
 from __future__ import annotations
@@ -80,9 +80,11 @@ def option(default, help: str):
 
 @dataclass(frozen=True)
 class Config:
-    """Every hyperparameter of a run. Symbols are those of the PPO and GAE papers."""
+    """Every hyperparameter of a run. Symbols are those of the PPO and GAE papers. The
+    defaults are generic; a preset's values come from `make_config` (section 17), so a
+    Config names its environment: make_config("CartPole") is the CartPole preset."""
 
-    env: str = option("CartPole", "gymnasium environment id (Acrobot-v1, ALE/Breakout-v5) or a preset: CartPole, Pendulum, Pong")
+    env: str = field(metadata={"help": "gymnasium environment id (Acrobot-v1, ALE/Breakout-v5) or a preset: CartPole, Pendulum, Pong"})
     seed: int = option(1, "seed of the environments, network initialization and sampling; 0 to 2**32 - 1")
     device: str = option("cpu", "torch device: cpu, cuda, cuda:1")
     total_steps: int = option(500_000, "N * T slots to train for (autoreset steps included, so the logged step count of real transitions is a little lower)")
@@ -125,7 +127,7 @@ class Config:
     tensorboard: bool = option(False, "also write TensorBoard scalars to the run folder (needs the tensorboard package)")
 
     def __post_init__(self):
-        check_config(self)  # section 11: a Config is valid once made, whether from flags, a preset or a checkpoint
+        check_config(self)  # section 12: a Config is valid once made, whether from flags, a preset or a checkpoint
 
     @property
     def batch_size(self) -> int:
@@ -145,241 +147,250 @@ class Config:
 
 
 # ---------------------------------------------------------------------------------------
-# 2. Networks
+# 2. The training loop
 # ---------------------------------------------------------------------------------------
-
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}  # the names Config.activation allows
-
-
-def layer_init(layer: nn.Module, gain: float) -> nn.Module:
-    """Orthogonal weights and zero biases, the initialization of the PPO paper's code."""
-    nn.init.orthogonal_(layer.weight, gain)
-    nn.init.zeros_(layer.bias)
-    return layer
+# PPO [Algorithm 1]: each iteration runs the policy, estimates advantages and optimizes the
+# surrogate objective. `learn` is that loop, over the parts a `Learner` holds.
 
 
-def mlp(sizes: typing.Sequence[int], activation: str, output_gain: float) -> nn.Sequential:
-    """Linear layers of the given sizes with an activation between them, none after the last.
+def learn(config: Config, learner: typing.Optional[Learner] = None) -> typing.Iterator[dict]:
+    """Train with PPO for config.num_iterations iterations, the learning rate annealed; yield
+    each iteration's diagnostics, among them the returns of the episodes that ended in it:
+        for diagnostics in learn(make_config("CartPole")): print(diagnostics["episode_returns"])
+    A resumed run (Part II) hands in its restored learner, which knows its iterations done."""
+    built = learner is None  # then learn() owns the environments, and closes them
+    learner = build_learner(config, torch.device(config.device)) if built else learner
+    try:
+        for iteration in range(learner.iterations_done, config.num_iterations):
+            learning_rate = annealed_learning_rate(config, iteration)
+            diagnostics = ppo_iteration(learner, config, learning_rate)
+            learner.iterations_done = iteration + 1
+            yield {"iteration": iteration + 1, "learning_rate": learning_rate, **diagnostics}
+    finally:
+        if built:
+            learner.envs.close()
 
-    Hidden layers get gain sqrt(2); the output gain is chosen by the caller (0.01 for a
-    policy head, so the first policy is near uniform; 1 for a value head).
+
+def annealed_learning_rate(config: Config, iteration: int) -> float:
+    """alpha, decayed linearly from config.learning_rate to 0 after the last iteration, as in
+    the PPO paper's Atari setting (its MuJoCo one keeps 3e-4). The clip range is not
+    annealed: it made no measurable difference on the presets here."""
+    if not config.anneal_lr:
+        return config.learning_rate
+    return config.learning_rate * (1.0 - iteration / config.num_iterations)
+
+
+@dataclass
+class Learner:
+    """What PPO holds between iterations."""
+
+    envs: gym.vector.VectorEnv
+    agent: ActorCritic
+    optimizer: torch.optim.Adam
+    buffer: PPOBuffer
+    runner: Runner
+    kl_coef: float  # beta, adapted after each iteration (kl-penalty objective)
+    iterations_done: int = 0
+
+
+def build_learner(config: Config, device: torch.device) -> Learner:
+    """A run's parts: the environments, the networks, Adam, the buffer and the runner."""
+    if config.torch_threads > 0:
+        torch.set_num_threads(config.torch_threads)
+    torch.manual_seed(config.seed)  # the network initialization and every sample drawn after it
+    num_envs = config.num_envs // world_size()  # N in one process; N / K each under torchrun (section 11)
+    envs = make_environments(config, num_envs)
+    agent = build_actor_critic(envs.single_observation_space, envs.single_action_space, config).to(device)
+    buffer = PPOBuffer(config.num_steps, num_envs, envs.single_observation_space, envs.single_action_space, device)
+    return Learner(envs, agent, make_optimizer(agent, config), buffer, Runner(envs, config, device), config.kl_coef)
+
+
+def make_optimizer(agent: ActorCritic, config: Config) -> torch.optim.Adam:
+    """Adam on all weights. eps = 1e-5 rather than torch's 1e-8, as in the PPO paper's code:
+    it bounds the step of a weight whose gradient has been near zero. Fused: one kernel."""
+    return torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
+
+
+# ---------------------------------------------------------------------------------------
+# 3. One iteration
+# ---------------------------------------------------------------------------------------
+# What `learn` repeats: collect a rollout (section 7), turn it into advantages and returns
+# (section 6), update on it (section 4).
+
+
+def ppo_iteration(learner: Learner, config: Config, learning_rate: float) -> dict:
+    """Run the policy for T steps in each of N environments, compute GAE advantages and
+    returns, then optimize for K epochs. Returns the real environment steps taken, the
+    returns of the episodes that ended, and the diagnostics of the update. Under torchrun,
+    each is this process's own (Part II joins them, section 11)."""
+    for group in learner.optimizer.param_groups:
+        group["lr"] = learning_rate
+    episode_returns, last_values = learner.runner.collect(learner.agent, learner.buffer)
+    advantages, returns = learner.buffer.advantages_and_returns(last_values, config.gamma, config.gae_lambda)
+    batch = learner.buffer.flatten_valid(advantages, returns)
+    kl_coef = learner.kl_coef
+    diagnostics = update(learner.agent, learner.optimizer, batch, config, kl_coef)
+    if config.objective == "kl-penalty":
+        mean_kl = mean_over_ranks(policy_kl(learner.agent, batch).mean())  # d; all ranks' mean (section 11)
+        learner.kl_coef = adapted_kl_coef(kl_coef, mean_kl, config.kl_penalty_target)
+    return {"environment_steps": batch["advantages"].shape[0], "episode_returns": episode_returns, **diagnostics,
+            "explained_variance": explained_variance(batch["values"], batch["returns"]),
+            **({"kl_coef": kl_coef} if config.objective == "kl-penalty" else {})}
+
+
+# ---------------------------------------------------------------------------------------
+# 4. The update
+# ---------------------------------------------------------------------------------------
+# The optimization phase of an iteration: K epochs of minibatch steps on section 5's losses.
+
+UPDATE_DIAGNOSTICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+
+
+def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], config: Config,
+           kl_coef: float) -> dict[str, float]:
+    """K epochs of shuffled minibatch steps on -L^{CLIP+VF+S} [PPO Algorithm 1], or on the
+    KL-penalized objective with weight kl_coef (beta) in place of L^CLIP. Returns the means
+    of the diagnostics over all minibatch steps taken (not the last minibatch's values).
+    With --target-kl, the whole update ends (not just the epoch) at the first minibatch
+    whose policy has moved further than that from the one that collected the data."""
+    weights = list(agent.parameters())  # listed once: agent.parameters() walks every module
+    totals = torch.zeros(len(UPDATE_DIAGNOSTICS), device=batch["advantages"].device)  # (5,): UPDATE_DIAGNOSTICS summed over the steps
+    gradient_steps = 0
+    for indices in shuffled_minibatches(batch["advantages"].shape[0], batch["advantages"].device, config):
+        new_log_probs, entropy, values, pi = agent(batch["observations"][indices], batch["actions"][indices])
+        old_log_probs, advantages = batch["log_probs"][indices], batch["advantages"][indices]
+        kl = approx_kl(new_log_probs.detach(), old_log_probs)
+        if config.target_kl is not None and mean_over_ranks(kl) > config.target_kl:  # all ranks' mean (section 11)
+            break  # early stop: the policy moved far enough
+        if config.normalize_advantages:
+            advantages = normalize(advantages, config.advantage_std_floor)
+        if config.objective == "clip":
+            policy_loss = clipped_surrogate_loss(new_log_probs, old_log_probs, advantages, config.clip_coef)
+        else:
+            exact_kl = agent.actor.kl_divergence(batch["old_distributions"][indices], pi)
+            policy_loss = kl_penalty_loss(new_log_probs, old_log_probs, advantages, exact_kl, kl_coef)
+        critic_loss = value_loss(values, batch["returns"][indices])
+        # With c2 = 0 the entropy is only a diagnostic: detached, backward skips its graph.
+        entropy = entropy.mean() if config.ent_coef > 0 else entropy.detach().mean()
+        loss = ppo_loss(policy_loss, critic_loss, entropy, config.vf_coef, config.ent_coef)
+        optimizer.zero_grad()
+        loss.backward()
+        # Not in the paper: its code (OpenAI baselines) clips the gradient's global norm.
+        nn.utils.clip_grad_norm_(weights, config.max_grad_norm, foreach=True)
+        optimizer.step()
+        totals += torch.stack((policy_loss, critic_loss, entropy, kl,
+                               clip_fraction(new_log_probs, old_log_probs, config.clip_coef))).detach()
+        gradient_steps += 1
+    return {name: total / max(gradient_steps, 1) for name, total in zip(UPDATE_DIAGNOSTICS, totals.tolist())}
+
+
+def shuffled_minibatches(size: int, device: torch.device, config: Config) -> typing.Iterator[torch.Tensor]:
+    """The indices of each minibatch of K epochs, each epoch a new random order of the batch."""
+    for _ in range(config.update_epochs):
+        yield from torch.tensor_split(torch.randperm(size, device=device), config.num_minibatches)
+
+
+# ---------------------------------------------------------------------------------------
+# 5. The losses
+# ---------------------------------------------------------------------------------------
+# What `update` minimizes, each term a small pure function; then the diagnostics it logs.
+
+
+def clipped_surrogate_loss(new_log_probs, old_log_probs, advantages, clip_coef):
+    """-L^CLIP, to be minimized.
+
+        r_t(theta) = pi_theta(a_t|s_t) / pi_theta_old(a_t|s_t)    [PPO sec. 3, above eq. 6]
+        L^CLIP     = E_t[ min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t) ]      [PPO eq. 7]
+    The minimum makes the objective a pessimistic bound: once r_t has moved past the clip
+    range in the direction the advantage favours, the gradient is exactly zero.
     """
-    layers: list[nn.Module] = []
-    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        last = index == len(sizes) - 2
-        layers.append(layer_init(nn.Linear(fan_in, fan_out), output_gain if last else math.sqrt(2)))
-        if not last:
-            layers.append(ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
+    ratio = torch.exp(new_log_probs - old_log_probs)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_coef, 1.0 + clip_coef) * advantages
+    return -torch.min(unclipped, clipped).mean()
 
 
-# (out_channels, kernel, stride) of each convolution, then the width of the linear layer;
-# the names Config.cnn allows.
-CNN_LAYERS = {
-    "nature": ([(32, 8, 4), (64, 4, 2), (64, 3, 1)], 512),  # Mnih et al. 2015, used by the PPO paper
-    "small": ([(16, 8, 4), (32, 4, 2)], 256),  # Mnih et al. 2013, about 3x cheaper
-}
+def kl_penalty_loss(new_log_probs, old_log_probs, advantages, kl, kl_coef):
+    """-L^KLPEN, to be minimized.
 
-
-def cnn(input_shape: tuple[int, int, int], kind: str) -> nn.Sequential:
-    """Convolutions with ReLU, then one linear layer: (B, C, H, W) float -> (B, features)."""
-    channels = input_shape[0]
-    convolutions: list[nn.Module] = []
-    for out_channels, kernel, stride in CNN_LAYERS[kind][0]:
-        convolutions += [layer_init(nn.Conv2d(channels, out_channels, kernel, stride), math.sqrt(2)), nn.ReLU()]
-        channels = out_channels
-    convolutions.append(nn.Flatten())
-    body = nn.Sequential(*convolutions)
-    with torch.no_grad():
-        flattened_size = body(torch.zeros(1, *input_shape)).shape[1]  # computed, never hard-coded
-    features = CNN_LAYERS[kind][1]
-    return nn.Sequential(*body, layer_init(nn.Linear(flattened_size, features), math.sqrt(2)), nn.ReLU())
-
-
-class FramePreStacking(nn.Module):
-    """Differences of the last three frames, which ale-py has stacked already: the images of
-    position, velocity and acceleration. A single frame shows where the ball is, not where
-    it goes; a physicist would hand the network finite differences of f(t-2), f(t-1), f(t):
-        position     = f(t)
-        velocity     = f(t) - f(t-1)                  (first backward difference)
-        acceleration = f(t) - 2 f(t-1) + f(t-2)       (second backward difference)
-    Three frames, not the usual four (Mnih et al. 2015): that is all these need. It runs on
-    the device on the whole uint8 batch, so frames stay uint8 (4x smaller) until there. On
-    a game's first two steps the older frames are zeros (ale-py pads the stack).
+        L^KLPEN = E_t[ r_t A_t - beta KL[pi_old(.|s_t), pi_theta(.|s_t)] ]      [PPO eq. 8]
+    The clip needs only log pi_old(a_t|s_t), the old probability of the action taken; the
+    penalty's KL is a sum (or integral) over every action, so it needs the whole old
+    distribution: the batch keeps it (`distribution` of the actors, section 8).
     """
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        # Differences of the integer pixel values are exact in float32; scale afterwards.
-        # Writing into one buffer is 4x faster on a CPU than computing and stacking images.
-        frames = frames.float()  # (B, 3, H, W): f(t-2), f(t-1), f(t)
-        images = torch.empty_like(frames)  # (B, 3, H, W): position, velocity, acceleration
-        images[:, 0] = frames[:, 2]
-        torch.sub(frames[:, 2], frames[:, 1], out=images[:, 1])  # velocity
-        torch.sub(frames[:, 1], frames[:, 0], out=images[:, 2])  # the velocity one frame earlier
-        torch.sub(images[:, 1], images[:, 2], out=images[:, 2])  # acceleration: change of velocity
-        return images.mul_(1.0 / 255.0)
+    ratio = torch.exp(new_log_probs - old_log_probs)
+    return -(ratio * advantages).mean() + kl_coef * kl.mean()
 
 
-# ---------------------------------------------------------------------------------------
-# 3. Actors and critic
-# ---------------------------------------------------------------------------------------
-# An actor is a policy pi(a|s): `forward` maps features of s to the parameters of the action
-# distribution, (B, num_actions) log-probabilities or a (B, action_dim) mean. Its methods are
-# that distribution's math, written out (tests check them against torch.distributions):
-# sample; log_prob and entropy (B,); mode, the likeliest action; all_parameters, all that
-# fixes the distribution as one (B, K) tensor to keep; kl_divergence, KL[pi_old || pi] (B,).
+@torch.no_grad()
+def policy_kl(agent: ActorCritic, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """KL[pi_old(.|s_t), pi_theta(.|s_t)] of every sample of the batch (B,), after the update."""
+    pi = agent.actor(agent.features(batch["observations"]))
+    return agent.actor.kl_divergence(batch["old_distributions"], pi)
 
 
-class CategoricalActor(nn.Module):
-    """Discrete actions: pi(a|s) = softmax(logits(s))_a."""
-
-    def __init__(self, logits_net: nn.Module):
-        super().__init__()
-        self.logits_net = logits_net
-
-    def forward(self, features):
-        return torch.log_softmax(self.logits_net(features), dim=-1)  # (B, num_actions): log pi(.|s)
-
-    def sample(self, log_probs):
-        return torch.multinomial(log_probs.exp(), num_samples=1).squeeze(-1)  # (B,)
-
-    def log_prob(self, log_probs, actions):
-        return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-
-    def entropy(self, log_probs):
-        return -(log_probs.exp() * log_probs).sum(dim=-1)  # H = -sum_a pi(a) log pi(a)
-
-    def mode(self, log_probs):
-        return log_probs.argmax(dim=-1)
-
-    def all_parameters(self, log_probs):
-        return log_probs  # (B, num_actions): the whole distribution
-
-    def kl_divergence(self, old_log_probs, log_probs):
-        return categorical_kl(old_log_probs, log_probs)
+def adapted_kl_coef(kl_coef: float, mean_kl: float, kl_target: float) -> float:
+    """beta for the next iteration, from d, the mean KL the last update reached [PPO sec. 4]:
+    halve beta if d < d_targ / 1.5, double it if d > 1.5 d_targ, keep it otherwise."""
+    if mean_kl < kl_target / 1.5:
+        return kl_coef / 2
+    if mean_kl > kl_target * 1.5:
+        return kl_coef * 2
+    return kl_coef
 
 
-class GaussianActor(nn.Module):
-    """Continuous actions: a diagonal Gaussian N(mean(s), diag(std^2)) whose mean depends
-    on the state and whose log standard deviation is a learned vector that does not (as in
-    the PPO paper's MuJoCo experiments). Actions are sampled unbounded; clipping to the
-    action space happens only on the way to the environment (see `Runner.collect`)."""
-
-    def __init__(self, mean_net: nn.Module, action_dim: int, log_std_init: float):
-        super().__init__()
-        self.mean_net = mean_net
-        self.log_std = nn.Parameter(torch.full((action_dim,), log_std_init))
-
-    def forward(self, features):
-        return self.mean_net(features)  # (B, action_dim)
-
-    def sample(self, mean):
-        return mean + self.log_std.exp() * torch.randn_like(mean)
-
-    def log_prob(self, mean, actions):
-        # log N(a; mu, sigma) = -(a - mu)^2 / (2 sigma^2) - log sigma - log(2 pi) / 2 per
-        # dimension; the dimensions are independent, so the joint log-density is their sum.
-        standardized = (actions - mean) * torch.exp(-self.log_std)
-        return (-0.5 * standardized**2 - self.log_std - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
-
-    def entropy(self, mean):
-        # H[N(mu, sigma)] = 1/2 + log(2 pi)/2 + log sigma per dimension, the same for every state.
-        per_state = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum()
-        return per_state.expand(mean.shape[0])
-
-    def mode(self, mean):
-        return mean
-
-    def all_parameters(self, mean):
-        return torch.cat((mean, self.log_std.expand_as(mean)), dim=-1)  # (B, 2 * action_dim)
-
-    def kl_divergence(self, old_parameters, mean):
-        old_mean, old_log_std = old_parameters.chunk(2, dim=-1)
-        return gaussian_kl(old_mean, old_log_std, mean, self.log_std)
-
-
-def categorical_kl(old_log_probs: torch.Tensor, new_log_probs: torch.Tensor) -> torch.Tensor:
-    """KL[p || q] = sum_a p(a) (log p(a) - log q(a)) for (B, num_actions) log-probabilities: (B,)."""
-    return (old_log_probs.exp() * (old_log_probs - new_log_probs)).sum(dim=-1)
-
-
-def gaussian_kl(old_mean, old_log_std, new_mean, new_log_std) -> torch.Tensor:
-    """KL between diagonal Gaussians, summed over the independent dimensions: (B,).
-        KL[N(m1, s1) || N(m2, s2)] = log(s2 / s1) + (s1^2 + (m1 - m2)^2) / (2 s2^2) - 1/2
+def value_loss(values, returns):
+    """(V_theta(s_t) - V_t^targ)^2 / 2, the squared-error term L^VF of [PPO eq. 9], halved.
+    The value loss is not clipped. OpenAI's baselines clip it the way the ratio is
+    clipped, but that is not in the paper, and Engstrom et al. (2020) and Andrychowicz
+    et al. (2021) found that it does not help and can hurt.
     """
-    variance_ratio = torch.exp(2 * (old_log_std - new_log_std))  # s1^2 / s2^2
-    squared_distance = (old_mean - new_mean) ** 2 * torch.exp(-2 * new_log_std)  # (m1 - m2)^2 / s2^2
-    return (new_log_std - old_log_std + 0.5 * (variance_ratio + squared_distance) - 0.5).sum(dim=-1)
+    return 0.5 * ((values - returns) ** 2).mean()
 
 
-class Critic(nn.Module):
-    """The state-value function V(s)."""
+def ppo_loss(policy_loss, critic_loss, entropy, vf_coef, ent_coef):
+    """-L^{CLIP+VF+S} = -L^CLIP + c1 L^VF - c2 S[pi]                          [PPO eq. 9]
+    (with the KL penalty, policy_loss is -L^KLPEN in place of -L^CLIP)
 
-    def __init__(self, value_net: nn.Module):
-        super().__init__()
-        self.value_net = value_net
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.value_net(features).squeeze(-1)  # (B, 1) -> (B,)
-
-
-class ActorCritic(nn.Module):
-    """An encoder shared by an actor and a critic: for vectors the identity, and the actor
-    and critic are two separate mlps; for images FramePreStacking and a cnn, shared by both."""
-
-    def __init__(self, encoder: nn.Module, actor: nn.Module, critic: Critic, bfloat16: bool = False):
-        super().__init__()
-        self.encoder, self.actor, self.critic = encoder, actor, critic
-        self.bfloat16 = bfloat16
-
-    def features(self, observations: torch.Tensor) -> torch.Tensor:
-        """The encoder's output (B, features), float32. With bfloat16, torch.autocast runs the
-        cnn in bfloat16; weights, Adam and checkpoints stay float32, the differences exact."""
-        if not self.bfloat16:
-            return self.encoder(observations)
-        with torch.autocast(observations.device.type, dtype=torch.bfloat16):
-            return self.encoder(observations).float()
-
-    def act(self, observations: torch.Tensor) -> torch.Tensor:
-        """Sample actions for a batch of states (B, ...). Their log-probs and the values come
-        later, for the whole rollout at once (`old_policy`)."""
-        return self.actor.sample(self.actor(self.features(observations)))
-
-    def evaluate(self, observations: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """log pi(a|s), entropy and V(s) of stored samples under the current weights, and the
-        parameters of pi(.|s)."""
-        features = self.features(observations)
-        parameters = self.actor(features)
-        return self.actor.log_prob(parameters, actions), self.actor.entropy(parameters), self.critic(features), parameters
-
-    def value(self, observations: torch.Tensor) -> torch.Tensor:
-        return self.critic(self.features(observations))
-
-    def deterministic_action(self, observations: torch.Tensor) -> torch.Tensor:
-        return self.actor.mode(self.actor(self.features(observations)))
+    critic_loss is L^VF / 2, so vf_coef plays the part of 2 c1: the usual vf_coef = 0.5
+    is c1 = 0.25 on the unhalved squared error. The Atari settings here keep that 0.5, as
+    the paper's code did; the paper's Atari table gives c1 = 1 (vf_coef 2 here).
+    """
+    return policy_loss + vf_coef * critic_loss - ent_coef * entropy
 
 
-def build_actor_critic(observation_space: gym.Space, action_space: gym.Space, config: Config) -> ActorCritic:
-    """Choose the network from the observation space and the actor from the action space."""
-    image = len(observation_space.shape) == 3
-    if image:
-        encoder = nn.Sequential(FramePreStacking(), cnn(observation_space.shape, config.cnn))
-        features = CNN_LAYERS[config.cnn][1]
-        hidden: tuple[int, ...] = ()  # the heads are single linear layers on the cnn features
-    else:
-        encoder, features, hidden = nn.Identity(), observation_space.shape[0], config.hidden_sizes
-    if isinstance(action_space, gym.spaces.Discrete):
-        actor: nn.Module = CategoricalActor(mlp((features, *hidden, int(action_space.n)), config.activation, 0.01))
-    else:
-        action_dim = action_space.shape[0]
-        actor = GaussianActor(mlp((features, *hidden, action_dim), config.activation, 0.01), action_dim, config.log_std_init)
-    critic = Critic(mlp((features, *hidden, 1), config.activation, 1.0))
-    return ActorCritic(encoder, actor, critic, bfloat16=image and config.precision == "bfloat16")
+def normalize(advantages, std_floor):
+    """Zero mean, unit std over one minibatch. Not in the paper: an implementation detail of
+    its code (OpenAI baselines) that keeps the step size independent of reward scale. Where
+    the returns are nearly constant, the advantages are mostly the critic's noise: dividing by
+    at least std_floor leaves them small rather than scaling them up (docs/results.md)."""
+    return (advantages - advantages.mean()) / (torch.clamp(advantages.std(), min=std_floor) + 1e-8)
+
+
+def approx_kl(new_log_probs, old_log_probs):
+    """KL(pi_old || pi_new) estimated as E[(r - 1) - log r] with r = pi_new / pi_old over
+    actions drawn from pi_old: unbiased and never negative (Schulman 2020, "Approximating
+    KL Divergence", the estimator k3)."""
+    log_ratio = new_log_probs - old_log_probs
+    return (torch.exp(log_ratio) - 1.0 - log_ratio).mean()
+
+
+def clip_fraction(new_log_probs, old_log_probs, clip_coef):
+    """Share of samples whose ratio is outside [1 - eps, 1 + eps]."""
+    return ((torch.exp(new_log_probs - old_log_probs) - 1.0).abs() > clip_coef).float().mean()
+
+
+def explained_variance(values, returns):
+    """1 - Var[R - V] / Var[R] over the batch: 1 is a perfect critic, 0 no better than a
+    constant; undefined (nan) where the returns do not vary."""
+    variance = returns.var(dim=0)
+    return float("nan") if variance == 0 else float(1.0 - (returns - values).var(dim=0) / variance)
 
 
 # ---------------------------------------------------------------------------------------
-# 4. Rollout buffer and GAE
+# 6. GAE and the rollout buffer
 # ---------------------------------------------------------------------------------------
+# Where the losses' advantages A_t and value targets R_t come from: the stored rollout.
 
 
 def generalized_advantages(
@@ -429,7 +440,7 @@ class PPOBuffer:
         shape = (num_steps, num_envs)
         self.observations = torch.zeros(shape + observation_space.shape, dtype=obs_dtype, device=device)  # (T, N, *obs_shape)
         self.actions = torch.zeros(shape + action_space.shape, dtype=action_dtype, device=device)  # (T, N, *action_shape)
-        # log pi_old(a|s), V(s) and pi_old(.|s), computed after the rollout (`store_old_policy`).
+        # log pi_old(a_t|s_t), V(s_t) and pi_old(.|s_t) whole, computed after the rollout (`store_old_policy`).
         distribution_size = int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else 2 * action_space.shape[0]
         self.log_probs = torch.zeros(shape, device=device)  # (T, N)
         self.values = torch.zeros(shape, device=device)  # (T, N)
@@ -478,109 +489,87 @@ class PPOBuffer:
 
 
 # ---------------------------------------------------------------------------------------
-# 5. The losses
+# 7. The runner and the environments
 # ---------------------------------------------------------------------------------------
+# Where the rollout comes from: N environments stepped with the current policy.
 
 
-def clipped_surrogate_loss(new_log_probs, old_log_probs, advantages, clip_coef):
-    """-L^CLIP, to be minimized.
+class Runner:
+    """Steps N environments with the current policy to fill a PPOBuffer, and keeps what
+    carries over between rollouts: observations, the returns of unfinished episodes,
+    normalizers."""
 
-        r_t(theta) = pi_theta(a_t|s_t) / pi_theta_old(a_t|s_t)                 [PPO eq. 6]
-        L^CLIP     = E_t[ min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t) ]      [PPO eq. 7]
-    The minimum makes the objective a pessimistic bound: once r_t has moved past the clip
-    range in the direction the advantage favours, the gradient is exactly zero.
-    """
-    ratio = torch.exp(new_log_probs - old_log_probs)
-    unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1.0 - clip_coef, 1.0 + clip_coef) * advantages
-    return -torch.min(unclipped, clipped).mean()
+    def __init__(self, envs: gym.vector.VectorEnv, config: Config, device: torch.device):
+        self.envs, self.config, self.device = envs, config, device
+        num_envs, shape = envs.num_envs, envs.single_observation_space.shape
+        self.continuous = isinstance(envs.single_action_space, gym.spaces.Box)
+        if self.continuous:
+            self.action_low = torch.as_tensor(envs.single_action_space.low, device=device)
+            self.action_high = torch.as_tensor(envs.single_action_space.high, device=device)
+        # Running normalization for continuous control (section 10).
+        self.observation_normalizer = ObservationNormalizer(shape, config.observation_clip) if config.normalize_observations else None
+        self.reward_scaler = RewardScaler(num_envs, config.gamma) if config.scale_rewards else None
+        self.returns_so_far = np.zeros(num_envs)  # (N,): each current episode's, unscaled and unclipped: the game score
+        self.autoreset = np.zeros(num_envs, dtype=bool)  # True where the next step only resets
+        self.raw_observations, _ = envs.reset(seed=environment_seed(config, num_envs))  # config.seed in one process (section 11)
+        self.observations = self.network_input(self.raw_observations)
 
+    def network_input(self, raw: np.ndarray) -> torch.Tensor:
+        """Environment arrays -> what the networks see, on the device."""
+        if self.observation_normalizer:
+            raw = self.observation_normalizer(raw)
+        return observation_tensor(raw, self.device)
 
-def kl_penalty_loss(new_log_probs, old_log_probs, advantages, kl, kl_coef):
-    """-L^KLPEN, to be minimized.
-
-        L^KLPEN = E_t[ r_t A_t - beta KL[pi_old(.|s_t), pi_theta(.|s_t)] ]      [PPO eq. 8]
-    The clip needs only log pi_old(a_t|s_t), the old probability of the action taken; the
-    penalty's KL is a sum (or integral) over every action, so it needs the whole old
-    distribution: the batch keeps its parameters (`all_parameters`).
-    """
-    ratio = torch.exp(new_log_probs - old_log_probs)
-    return -(ratio * advantages).mean() + kl_coef * kl.mean()
-
-
-def adapted_kl_coef(kl_coef: float, mean_kl: float, kl_target: float) -> float:
-    """beta for the next iteration, from d, the mean KL the last update reached [PPO sec. 4]:
-    halve beta if d < d_targ / 1.5, double it if d > 1.5 d_targ, keep it otherwise."""
-    if mean_kl < kl_target / 1.5:
-        return kl_coef / 2
-    if mean_kl > kl_target * 1.5:
-        return kl_coef * 2
-    return kl_coef
-
-
-def value_loss(values, returns):
-    """(V_theta(s_t) - V_t^targ)^2 / 2, the squared-error term L^VF of [PPO eq. 9], halved.
-
-    The value loss is not clipped. OpenAI's baselines clip it the way the ratio is
-    clipped, but that is not in the paper, and Engstrom et al. (2020) and Andrychowicz
-    et al. (2021) found that it does not help and can hurt.
-    """
-    return 0.5 * ((values - returns) ** 2).mean()
-
-
-def ppo_loss(policy_loss, critic_loss, entropy, vf_coef, ent_coef):
-    """-L^{CLIP+VF+S} = -L^CLIP + c1 L^VF - c2 S[pi]                          [PPO eq. 9]
-    (with the KL penalty, policy_loss is -L^KLPEN in place of -L^CLIP)
-
-    critic_loss is L^VF / 2, so vf_coef plays the part of 2 c1: the usual vf_coef = 0.5
-    is the paper's c1 = 0.25 on the unhalved squared error.
-    """
-    return policy_loss + vf_coef * critic_loss - ent_coef * entropy
-
-
-def normalize(advantages, mean, std, std_floor):
-    """Zero mean, unit std over one minibatch. Not in the paper: an implementation detail of
-    its code (OpenAI baselines) that keeps the step size independent of reward scale. Where
-    the returns are nearly constant, the advantages are mostly the critic's noise: dividing by
-    at least std_floor leaves them small rather than scaling them up (docs/results.md)."""
-    return (advantages - mean) / (torch.clamp(std, min=std_floor) + 1e-8)
+    @torch.no_grad()
+    def collect(self, agent: ActorCritic, buffer: PPOBuffer) -> tuple[list[float], torch.Tensor]:
+        """Fill the buffer with T steps; return the returns of the episodes that ended, and
+        V(s_T) of the observations after the last step (N,), for bootstrapping."""
+        episode_returns, arrived = [], []
+        for t in range(self.config.num_steps):
+            actions = agent.act(self.observations)
+            # The buffer keeps the sampled action (its log-prob comes after the rollout);
+            # only what is sent to the environment is clipped to the action space.
+            environment_actions = actions.clamp(self.action_low, self.action_high) if self.continuous else actions
+            raw_next, rewards, terminated, truncated, _ = self.envs.step(environment_actions.cpu().numpy())
+            valid = ~self.autoreset  # the step after an ending only resets: no transition
+            episode_ended = terminated | truncated
+            self.returns_so_far += rewards
+            episode_returns += self.returns_so_far[episode_ended].tolist()
+            self.returns_so_far[episode_ended] = 0.0
+            if self.config.clip_rewards:
+                rewards = np.sign(rewards)
+            buffer.store(t, self.observations, actions, rewards, terminated, truncated, valid)
+            self.raw_observations, self.autoreset = raw_next, episode_ended
+            self.observations = self.network_input(raw_next)
+            if self.observation_normalizer:
+                arrived.append(raw_next)
+        buffer.store_old_policy(*evaluate_rollout(agent, buffer.observations.flatten(0, 1), buffer.actions.flatten(0, 1),
+                                                  self.config.minibatch_size))
+        last_values = agent.value(self.observations)  # (N,): V(s_T), normalized as the rollout was
+        # The normalizers learn from the whole rollout, after it (section 10).
+        if self.reward_scaler:
+            buffer.rewards[:] = self.reward_scaler(buffer.rewards, buffer.episode_ended > 0, buffer.valid)
+        if self.observation_normalizer:
+            self.observation_normalizer.statistics.update(np.concatenate(arrived))
+            self.observations = self.network_input(self.raw_observations)  # the next rollout's first input
+        return episode_returns, last_values
 
 
-def approx_kl(new_log_probs, old_log_probs):
-    """KL(pi_old || pi_new) estimated as E[(r - 1) - log r] with r = pi_new / pi_old over
-    actions drawn from pi_old: unbiased and never negative (Schulman 2020, "Approximating
-    KL Divergence", the estimator k3)."""
-    log_ratio = new_log_probs - old_log_probs
-    return (torch.exp(log_ratio) - 1.0 - log_ratio).mean()
+@torch.no_grad()
+def evaluate_rollout(agent: ActorCritic, observations: torch.Tensor, actions: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, ...]:
+    """log pi_old(a|s) (B,), V(s) (B,) and pi_old(.|s) whole (B, K) of a rollout's B samples,
+    chunk_size samples at a time (no more memory than a minibatch). The weights have not
+    moved since the rollout was collected, so this is the policy that chose the actions;
+    one batched pass costs far less than B / N small ones during it."""
+    outputs = [agent(part, part_actions) for part, part_actions in zip(observations.split(chunk_size), actions.split(chunk_size))]
+    log_probs, _, values, pi = (torch.cat(column) for column in zip(*outputs))
+    return log_probs, values, agent.actor.distribution(pi)
 
 
-def clip_fraction(new_log_probs, old_log_probs, clip_coef):
-    """Share of samples whose ratio is outside [1 - eps, 1 + eps]."""
-    return ((torch.exp(new_log_probs - old_log_probs) - 1.0).abs() > clip_coef).float().mean()
-
-
-def explained_variance(values, returns):
-    """1 - Var[R - V] / Var[R] over the whole batch: 1 is a perfect critic, 0 no better
-    than a constant. (Under torchrun, all ranks' parts of the batch: section 10.)"""
-    variance = moments_over_ranks(returns).variance
-    return float("nan") if variance == 0 else float(1.0 - moments_over_ranks(returns - values).variance / variance)
-
-
-# ---------------------------------------------------------------------------------------
-# 6. Environments and the runner
-# ---------------------------------------------------------------------------------------
-
-
-def atari_game_settings(config: Config) -> dict:
-    """How ale-py plays an Atari game here, apart from the picture it returns."""
-    return dict(
-        frameskip=config.frame_skip,  # repeat each action for this many frames
-        noop_max=30, use_fire_reset=True,  # reset: up to 30 no-ops (random starts), then FIRE to serve
-        repeat_action_probability=config.repeat_action_probability,
-        episodic_life=False,  # an episode is a whole game, not one life
-        max_num_frames_per_episode=108_000,  # 30 minutes of play at 60 frames per second
-        reward_clipping=False,  # the Runner clips (--clip-rewards) and logs the true score
-    )
+def observation_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A batch of frames (N, 3, H, W) stays uint8 until the device (FramePreStacking
+    converts it); a batch of vectors (N, D) of any dtype becomes float32."""
+    return torch.as_tensor(array, dtype=torch.uint8 if array.ndim == 4 else torch.float32, device=device)
 
 
 def make_environments(config: Config, num_envs: int, render_mode: typing.Optional[str] = None) -> gym.vector.VectorEnv:
@@ -606,236 +595,248 @@ def make_environments(config: Config, num_envs: int, render_mode: typing.Optiona
                         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
 
 
-def observation_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A batch of frames (N, 3, H, W) stays uint8 until the device (FramePreStacking
-    converts it); a batch of vectors (N, D) of any dtype becomes float32."""
-    return torch.as_tensor(array, dtype=torch.uint8 if array.ndim == 4 else torch.float32, device=device)
-
-
-@torch.no_grad()
-def old_policy(agent: ActorCritic, observations: torch.Tensor, actions: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, ...]:
-    """log pi_old(a|s) (B,), V(s) (B,) and pi_old(.|s) whole (B, K: its parameters) of a
-    rollout's B samples, chunk_size samples at a time (no more memory than a minibatch).
-    The weights have not moved since the rollout was collected, so this is the policy that
-    chose the actions; one batched pass costs far less than B / N small ones during it."""
-    outputs = [agent.evaluate(part, part_actions) for part, part_actions in zip(observations.split(chunk_size), actions.split(chunk_size))]
-    log_probs, _, values, parameters = (torch.cat(column) for column in zip(*outputs))
-    return log_probs, values, agent.actor.all_parameters(parameters)
-
-
-class Runner:
-    """Steps N environments with the current policy to fill a PPOBuffer, and keeps what
-    carries over between rollouts: observations, episode returns, normalizers."""
-
-    def __init__(self, envs: gym.vector.VectorEnv, config: Config, device: torch.device):
-        self.envs, self.config, self.device = envs, config, device
-        num_envs, shape = envs.num_envs, envs.single_observation_space.shape
-        self.continuous = isinstance(envs.single_action_space, gym.spaces.Box)
-        if self.continuous:
-            self.action_low = torch.as_tensor(envs.single_action_space.low, device=device)
-            self.action_high = torch.as_tensor(envs.single_action_space.high, device=device)
-        # Running normalization for continuous control (section 9).
-        self.observation_normalizer = ObservationNormalizer(shape, config.observation_clip) if config.normalize_observations else None
-        self.reward_scaler = RewardScaler(num_envs, config.gamma) if config.scale_rewards else None
-        self.episode_returns = np.zeros(num_envs)  # unscaled and unclipped: the game score
-        self.autoreset = np.zeros(num_envs, dtype=bool)  # True where the next step only resets
-        self.recent_returns: deque = deque(maxlen=config.return_window)
-        self.raw_observations, _ = envs.reset(seed=environment_seed(config, num_envs))  # section 10: config.seed in one process
-        self.observations = self.network_input(self.raw_observations)
-
-    def network_input(self, raw: np.ndarray) -> torch.Tensor:
-        """Environment arrays -> what the networks see, on the device."""
-        if self.observation_normalizer:
-            raw = self.observation_normalizer(raw)
-        return observation_tensor(raw, self.device)
-
-    @torch.no_grad()
-    def collect(self, agent: ActorCritic, buffer: PPOBuffer) -> tuple[int, torch.Tensor]:
-        """Fill the buffer with T steps; return the number of real environment steps and
-        V(s_T) of the observations after the last step (N,), for bootstrapping."""
-        finished_returns, arrived = [], []
-        for t in range(self.config.num_steps):
-            actions = agent.act(self.observations)
-            # The buffer keeps the sampled action (its log-prob comes after the rollout);
-            # only what is sent to the environment is clipped to the action space.
-            environment_actions = actions.clamp(self.action_low, self.action_high) if self.continuous else actions
-            raw_next, rewards, terminated, truncated, _ = self.envs.step(environment_actions.cpu().numpy())
-            valid = ~self.autoreset  # the step after an ending only resets: no transition
-            episode_ended = terminated | truncated
-            self.episode_returns += rewards
-            finished_returns += self.episode_returns[episode_ended].tolist()
-            self.episode_returns[episode_ended] = 0.0
-            if self.config.clip_rewards:
-                rewards = np.sign(rewards)
-            buffer.store(t, self.observations, actions, rewards, terminated, truncated, valid)
-            self.raw_observations, self.autoreset = raw_next, episode_ended
-            self.observations = self.network_input(raw_next)
-            if self.observation_normalizer:
-                arrived.append(raw_next)
-        buffer.store_old_policy(*old_policy(agent, buffer.observations.flatten(0, 1), buffer.actions.flatten(0, 1),
-                                            self.config.minibatch_size))
-        last_values = agent.value(self.observations)  # (N,): V(s_T), normalized as the rollout was
-        # Section 9: the normalizers learn from the whole rollout, after it.
-        if self.reward_scaler:
-            buffer.rewards[:] = self.reward_scaler(buffer.rewards, buffer.episode_ended > 0, buffer.valid)
-        if self.observation_normalizer:
-            self.observation_normalizer.statistics.update(np.concatenate(arrived))
-            self.observations = self.network_input(self.raw_observations)  # the next rollout's first input
-        # Section 10: under torchrun, every rank's episodes and steps; in one process, these.
-        self.recent_returns.extend(gathered(finished_returns))
-        return int(sum_over_ranks(torch.tensor(int(buffer.valid.sum())))), last_values
+def atari_game_settings(config: Config) -> dict:
+    """How ale-py plays an Atari game here, apart from the picture it returns."""
+    return dict(
+        frameskip=config.frame_skip,  # repeat each action for this many frames
+        noop_max=30, use_fire_reset=True,  # reset: up to 30 no-ops (random starts), then FIRE to serve
+        repeat_action_probability=config.repeat_action_probability,
+        episodic_life=False,  # an episode is a whole game, not one life
+        max_num_frames_per_episode=108_000,  # 30 minutes of play at 60 frames per second
+        reward_clipping=False,  # the Runner clips (--clip-rewards) and logs the true score
+    )
 
 
 # ---------------------------------------------------------------------------------------
-# 7. The update and one PPO iteration
+# 8. Actors and critic
 # ---------------------------------------------------------------------------------------
-
-UPDATE_DIAGNOSTICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
-
-
-def shuffled_minibatches(advantages: torch.Tensor, config: Config) -> typing.Iterator[tuple]:
-    """Each minibatch of K epochs, each epoch a new random order of the batch: its indices,
-    this process's share of it (1) and the mean and std of its advantages. Under torchrun
-    (section 10), this rank's share of the minibatch and the whole minibatch's statistics."""
-    for _ in range(config.update_epochs):
-        minibatches = torch.tensor_split(torch.randperm(advantages.shape[0], device=advantages.device), config.num_minibatches)
-        for indices, (share, mean, std) in zip(minibatches, minibatch_statistics(advantages, minibatches)):
-            yield indices, share, mean, std
+# The agent the runner samples from and the update trains: an actor, the policy pi(a|s),
+# and a critic, V(s), on a shared encoder. An actor's `forward` maps features of s to pi,
+# what its network says of pi(.|s): log pi(.|s) (B, num_actions) or the mean (B, action_dim).
+# Its methods are the distribution's math, written out (tests check them against
+# torch.distributions): sample; log_prob and entropy (B,); mode; distribution, all that
+# fixes pi(.|s) as one (B, K) tensor; kl_divergence (B,).
 
 
-def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], config: Config,
-           kl_coef: float) -> dict[str, float]:
-    """K epochs of shuffled minibatch steps on -L^{CLIP+VF+S} [PPO Algorithm 1], or on the
-    KL-penalized objective with weight kl_coef (beta) in place of L^CLIP. Returns the means
-    of the diagnostics over all minibatch steps taken (not the last minibatch's values).
+class ActorCritic(nn.Module):
+    """An encoder shared by an actor and a critic: for vectors the identity, and the actor
+    and critic are two separate mlps; for images FramePreStacking and a cnn, shared by both."""
 
-    With --target-kl, the whole update ends (not just the epoch) at the first minibatch
-    whose policy has moved further than that from the one that collected the data.
+    def __init__(self, encoder: nn.Module, actor: nn.Module, critic: Critic, bfloat16: bool = False):
+        super().__init__()
+        self.encoder, self.actor, self.critic, self.bfloat16 = encoder, actor, critic, bfloat16
+
+    def forward(self, observations: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Of stored samples under the current weights: log pi(a|s) (B,), the entropy of
+        pi(.|s) (B,), V(s) (B,), and pi, what the actor's network says of pi(.|s)."""
+        features = self.features(observations)
+        pi = self.actor(features)
+        return self.actor.log_prob(pi, actions), self.actor.entropy(pi), self.critic(features), pi
+
+    def features(self, observations: torch.Tensor) -> torch.Tensor:
+        """The encoder's output (B, features), float32. With bfloat16, torch.autocast runs the
+        cnn in bfloat16; weights, Adam and checkpoints stay float32, the differences exact."""
+        if not self.bfloat16:
+            return self.encoder(observations)
+        with torch.autocast(observations.device.type, dtype=torch.bfloat16):
+            return self.encoder(observations).float()
+
+    def act(self, observations: torch.Tensor) -> torch.Tensor:
+        """Sample actions for a batch of states (B, ...). Their log-probs and the values come
+        later, for the whole rollout at once (`evaluate_rollout`)."""
+        return self.actor.sample(self.actor(self.features(observations)))
+
+    def value(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.critic(self.features(observations))
+
+    def deterministic_action(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.actor.mode(self.actor(self.features(observations)))
+
+
+class CategoricalActor(nn.Module):
+    """Discrete actions: pi(a|s) = softmax(logits(s))_a."""
+
+    def __init__(self, logits_net: nn.Module):
+        super().__init__()
+        self.logits_net = logits_net
+
+    def forward(self, features):
+        return torch.log_softmax(self.logits_net(features), dim=-1)  # (B, num_actions): log pi(.|s)
+
+    def sample(self, log_pi):
+        return torch.multinomial(log_pi.exp(), num_samples=1).squeeze(-1)  # (B,)
+
+    def log_prob(self, log_pi, actions):
+        return log_pi.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # (B,): log pi(a|s)
+
+    def entropy(self, log_pi):
+        return -(log_pi.exp() * log_pi).sum(dim=-1)  # H = -sum_a pi(a) log pi(a)
+
+    def mode(self, log_pi):
+        return log_pi.argmax(dim=-1)
+
+    def distribution(self, log_pi):
+        return log_pi  # (B, num_actions): the whole distribution
+
+    def kl_divergence(self, old_log_pi, log_pi):
+        return categorical_kl(old_log_pi, log_pi)
+
+
+class GaussianActor(nn.Module):
+    """Continuous actions: a diagonal Gaussian N(mean(s), diag(std^2)) whose mean depends
+    on the state and whose log standard deviation is a learned vector that does not (as in
+    the PPO paper's MuJoCo experiments). Actions are sampled unbounded; clipping to the
+    action space happens only on the way to the environment (see `Runner.collect`)."""
+
+    def __init__(self, mean_net: nn.Module, action_dim: int, log_std_init: float):
+        super().__init__()
+        self.mean_net = mean_net
+        self.log_std = nn.Parameter(torch.full((action_dim,), log_std_init))
+
+    def forward(self, features):
+        return self.mean_net(features)  # (B, action_dim)
+
+    def sample(self, mean):
+        return mean + self.log_std.exp() * torch.randn_like(mean)
+
+    def log_prob(self, mean, actions):
+        # log N(a; mu, sigma) = -(a - mu)^2 / (2 sigma^2) - log sigma - log(2 pi) / 2 per
+        # dimension; the dimensions are independent, so the joint log-density is their sum.
+        standardized = (actions - mean) * torch.exp(-self.log_std)
+        return (-0.5 * standardized**2 - self.log_std - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
+
+    def entropy(self, mean):
+        # H[N(mu, sigma)] = 1/2 + log(2 pi)/2 + log sigma per dimension, the same for every state.
+        per_state = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum()
+        return per_state.expand(mean.shape[0])
+
+    def mode(self, mean):
+        return mean
+
+    def distribution(self, mean):
+        return torch.cat((mean, self.log_std.expand_as(mean)), dim=-1)  # (B, 2 * action_dim)
+
+    def kl_divergence(self, old_distribution, mean):
+        old_mean, old_log_std = old_distribution.chunk(2, dim=-1)
+        return gaussian_kl(old_mean, old_log_std, mean, self.log_std)
+
+
+def categorical_kl(old_log_pi: torch.Tensor, new_log_pi: torch.Tensor) -> torch.Tensor:
+    """KL[p || q] = sum_a p(a) (log p(a) - log q(a)) for (B, num_actions) log-probabilities: (B,)."""
+    return (old_log_pi.exp() * (old_log_pi - new_log_pi)).sum(dim=-1)
+
+
+def gaussian_kl(old_mean, old_log_std, new_mean, new_log_std) -> torch.Tensor:
+    """KL between diagonal Gaussians, summed over the independent dimensions: (B,).
+        KL[N(m1, s1) || N(m2, s2)] = log(s2 / s1) + (s1^2 + (m1 - m2)^2) / (2 s2^2) - 1/2
     """
-    device = batch["advantages"].device
-    weights = list(agent.parameters())  # listed once: agent.parameters() walks every module
-    totals = torch.zeros(len(UPDATE_DIAGNOSTICS), device=device)  # (5,): UPDATE_DIAGNOSTICS summed over the steps
-    gradient_steps = 0
-    for indices, share, mean, std in shuffled_minibatches(batch["advantages"], config):
-        new_log_probs, entropy, values, parameters = agent.evaluate(batch["observations"][indices], batch["actions"][indices])
-        old_log_probs, advantages = batch["log_probs"][indices], batch["advantages"][indices]
-        kl = approx_kl(new_log_probs.detach(), old_log_probs)
-        # The whole minibatch's KL: in one process this kl; under torchrun, all ranks' (section 10).
-        if config.target_kl is not None and kl_over_ranks(kl, share) > config.target_kl:
-            break  # early stop: the policy moved far enough
-        if config.normalize_advantages:
-            advantages = normalize(advantages, mean, std, config.advantage_std_floor)
-        if config.objective == "clip":
-            policy_loss = clipped_surrogate_loss(new_log_probs, old_log_probs, advantages, config.clip_coef)
-        else:
-            exact_kl = agent.actor.kl_divergence(batch["old_distributions"][indices], parameters)
-            policy_loss = kl_penalty_loss(new_log_probs, old_log_probs, advantages, exact_kl, kl_coef)
-        critic_loss = value_loss(values, batch["returns"][indices])
-        # With c2 = 0 the entropy is only a diagnostic: detached, backward skips its graph.
-        entropy = entropy.mean() if config.ent_coef > 0 else entropy.detach().mean()
-        loss = ppo_loss(policy_loss, critic_loss, entropy, config.vf_coef, config.ent_coef)
-        optimizer.zero_grad()
-        (loss * share).backward()  # share is 1 in one process
-        average_gradients(weights)  # one process: nothing to do; torchrun: the mean over ranks (section 10)
-        nn.utils.clip_grad_norm_(weights, config.max_grad_norm, foreach=True)
-        optimizer.step()
-        totals += torch.stack((policy_loss, critic_loss, entropy, kl,
-                               clip_fraction(new_log_probs, old_log_probs, config.clip_coef))).detach() * share
-        gradient_steps += 1
-    totals = totals_over_ranks(totals)  # one process: unchanged; torchrun: summed over ranks (section 10)
-    return {name: total / max(gradient_steps, 1) for name, total in zip(UPDATE_DIAGNOSTICS, totals.tolist())}
+    variance_ratio = torch.exp(2 * (old_log_std - new_log_std))  # s1^2 / s2^2
+    squared_distance = (old_mean - new_mean) ** 2 * torch.exp(-2 * new_log_std)  # (m1 - m2)^2 / s2^2
+    return (new_log_std - old_log_std + 0.5 * (variance_ratio + squared_distance) - 0.5).sum(dim=-1)
 
 
-def make_optimizer(agent: ActorCritic, config: Config) -> torch.optim.Adam:
-    """Adam on all weights. eps = 1e-5 rather than torch's 1e-8, as in the PPO paper's code:
-    it bounds the step of a weight whose gradient has been near zero. Fused: one kernel."""
-    return torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
+class Critic(nn.Module):
+    """The state-value function V(s)."""
+
+    def __init__(self, value_net: nn.Module):
+        super().__init__()
+        self.value_net = value_net
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.value_net(features).squeeze(-1)  # (B, 1) -> (B,)
 
 
-def annealed_learning_rate(config: Config, iteration: int, start_iteration: int = 0,
-                           start_rate: typing.Optional[float] = None) -> float:
-    """alpha, decayed linearly from start_rate (config.learning_rate) at start_iteration to 0
-    after the last iteration, as in the PPO paper's Atari setting (its MuJoCo one keeps 3e-4).
-    The clip range is not annealed: it made no measurable difference on the presets here."""
-    if not config.anneal_lr:
-        return config.learning_rate
-    rate = config.learning_rate if start_rate is None else start_rate
-    if config.num_iterations <= start_iteration:  # a resumed run that is already past its end
-        return rate
-    return rate * (1.0 - (iteration - start_iteration) / (config.num_iterations - start_iteration))
-
-
-@dataclass
-class Learner:
-    """What PPO holds between iterations."""
-
-    envs: gym.vector.VectorEnv
-    agent: ActorCritic
-    optimizer: torch.optim.Adam
-    buffer: PPOBuffer
-    runner: Runner
-    kl_coef: float  # beta, adapted after each iteration (kl-penalty objective)
-
-
-def build_learner(config: Config, device: torch.device) -> Learner:
-    """A run's parts: the environments, the networks, Adam, the buffer and the runner."""
-    if config.torch_threads > 0:
-        torch.set_num_threads(config.torch_threads)
-    torch.manual_seed(config.seed)  # the network initialization and every sample drawn after it
-    num_envs = config.num_envs // world_size()  # section 10: this rank's N / K under torchrun
-    envs = make_environments(config, num_envs)
-    agent = build_actor_critic(envs.single_observation_space, envs.single_action_space, config).to(device)
-    start_every_rank_alike(agent, config.seed)  # section 10: nothing to do in one process
-    buffer = PPOBuffer(config.num_steps, num_envs, envs.single_observation_space, envs.single_action_space, device)
-    return Learner(envs, agent, make_optimizer(agent, config), buffer, Runner(envs, config, device), config.kl_coef)
-
-
-def ppo_iteration(learner: Learner, config: Config, learning_rate: float) -> dict[str, float]:
-    """One PPO iteration: collect N * T steps with the current policy, compute GAE
-    advantages and returns, then update for K epochs. Returns the environment steps taken
-    and the iteration's diagnostics."""
-    for group in learner.optimizer.param_groups:
-        group["lr"] = learning_rate
-    environment_steps, last_values = learner.runner.collect(learner.agent, learner.buffer)
-    advantages, returns = learner.buffer.advantages_and_returns(last_values, config.gamma, config.gae_lambda)
-    batch = learner.buffer.flatten_valid(advantages, returns)
-    kl_coef = learner.kl_coef
-    diagnostics = update(learner.agent, learner.optimizer, batch, config, kl_coef)
-    if config.objective == "kl-penalty":
-        with torch.no_grad():
-            parameters = learner.agent.actor(learner.agent.features(batch["observations"]))
-            kl = learner.agent.actor.kl_divergence(batch["old_distributions"], parameters)  # (B,)
-            mean_kl = moments_over_ranks(kl).mean.item()  # of all ranks' samples under torchrun (section 10)
-        learner.kl_coef = adapted_kl_coef(kl_coef, mean_kl, config.kl_penalty_target)
-    return {"environment_steps": environment_steps, **diagnostics,
-            "explained_variance": explained_variance(batch["values"], batch["returns"]),
-            **({"kl_coef": kl_coef} if config.objective == "kl-penalty" else {})}
+def build_actor_critic(observation_space: gym.Space, action_space: gym.Space, config: Config) -> ActorCritic:
+    """Choose the network from the observation space and the actor from the action space."""
+    image = len(observation_space.shape) == 3
+    if image:
+        encoder = nn.Sequential(FramePreStacking(), cnn(observation_space.shape, config.cnn))
+        features = CNN_LAYERS[config.cnn][1]
+        hidden: tuple[int, ...] = ()  # the heads are single linear layers on the cnn features
+    else:
+        encoder, features, hidden = nn.Identity(), observation_space.shape[0], config.hidden_sizes
+    if isinstance(action_space, gym.spaces.Discrete):
+        actor: nn.Module = CategoricalActor(mlp((features, *hidden, int(action_space.n)), config.activation, 0.01))
+    else:
+        action_dim = action_space.shape[0]
+        actor = GaussianActor(mlp((features, *hidden, action_dim), config.activation, 0.01), action_dim, config.log_std_init)
+    critic = Critic(mlp((features, *hidden, 1), config.activation, 1.0))
+    return ActorCritic(encoder, actor, critic, bfloat16=image and config.precision == "bfloat16")
 
 
 # ---------------------------------------------------------------------------------------
-# 8. The training loop
+# 9. Networks
 # ---------------------------------------------------------------------------------------
+# What the actors and critic are made of: mlps; for images FramePreStacking and a cnn.
 
 
-def learn(config: Config, learner: typing.Optional[Learner] = None, start_iteration: int = 0,
-          schedule_start: tuple[int, typing.Optional[float]] = (0, None)) -> typing.Iterator[dict]:
-    """Train with PPO: num_iterations iterations, each with the annealed learning rate;
-    yield each iteration's diagnostics, the mean return of the recent episodes among them:
-        for diagnostics in learn(make_config("CartPole")): print(diagnostics["mean_return"])
-    A resumed run (Part II) hands in its restored learner, the iteration it stopped after,
-    and schedule_start, the iteration and rate where its learning-rate decay began."""
-    built = learner is None  # then learn() owns the environments, and closes them
-    learner = build_learner(config, torch.device(config.device)) if built else learner
-    try:
-        for iteration in range(start_iteration, config.num_iterations):
-            learning_rate = annealed_learning_rate(config, iteration, *schedule_start)
-            diagnostics = ppo_iteration(learner, config, learning_rate)
-            recent = learner.runner.recent_returns
-            yield {"iteration": iteration + 1, "learning_rate": learning_rate, **diagnostics,
-                   "mean_return": float(np.mean(recent)) if recent else float("nan"), "episodes": len(recent)}
-    finally:
-        if built:
-            learner.envs.close()
+def mlp(sizes: typing.Sequence[int], activation: str, output_gain: float) -> nn.Sequential:
+    """Linear layers of the given sizes with an activation between them, none after the last.
+    Hidden layers get gain sqrt(2); the output gain is chosen by the caller (0.01 for a
+    policy head, so the first policy is near uniform; 1 for a value head)."""
+    layers: list[nn.Module] = []
+    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        last = index == len(sizes) - 2
+        layers.append(layer_init(nn.Linear(fan_in, fan_out), output_gain if last else math.sqrt(2)))
+        if not last:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}  # the names Config.activation allows
+
+
+def layer_init(layer: nn.Module, gain: float) -> nn.Module:
+    """Orthogonal weights and zero biases, the initialization of the PPO paper's code."""
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+# (out_channels, kernel, stride) of each convolution, then the linear layer's width, by name.
+CNN_LAYERS = {
+    "nature": ([(32, 8, 4), (64, 4, 2), (64, 3, 1)], 512),  # Mnih et al. 2015, in the PPO paper's code (OpenAI baselines)
+    "small": ([(16, 8, 4), (32, 4, 2)], 256),  # Mnih et al. 2013, about 3x cheaper
+}
+
+
+def cnn(input_shape: tuple[int, int, int], kind: str) -> nn.Sequential:
+    """Convolutions with ReLU, then one linear layer: (B, C, H, W) float -> (B, features)."""
+    channels = input_shape[0]
+    convolutions: list[nn.Module] = []
+    for out_channels, kernel, stride in CNN_LAYERS[kind][0]:
+        convolutions += [layer_init(nn.Conv2d(channels, out_channels, kernel, stride), math.sqrt(2)), nn.ReLU()]
+        channels = out_channels
+    convolutions.append(nn.Flatten())
+    body = nn.Sequential(*convolutions)
+    with torch.no_grad():
+        flattened_size = body(torch.zeros(1, *input_shape)).shape[1]  # computed, never hard-coded
+    features = CNN_LAYERS[kind][1]
+    return nn.Sequential(*body, layer_init(nn.Linear(flattened_size, features), math.sqrt(2)), nn.ReLU())
+
+
+class FramePreStacking(nn.Module):
+    """Differences of the last three frames, which ale-py has stacked already: the images of
+    position, velocity and acceleration. A single frame shows where the ball is, not where
+    it goes; a physicist would hand the network finite differences of f(t-2), f(t-1), f(t):
+        position     = f(t)
+        velocity     = f(t) - f(t-1)                  (first backward difference)
+        acceleration = f(t) - 2 f(t-1) + f(t-2)       (second backward difference)
+    Three frames, not the usual four (Mnih et al. 2015): that is all these need. It runs on
+    the device on the whole uint8 batch, so frames stay uint8 (4x smaller) until there. On
+    a game's first two steps the older frames are zeros (ale-py pads the stack).
+    """
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        # Differences of the integer pixel values are exact in float32; scale afterwards.
+        # Writing into one buffer is 4x faster on a CPU than computing and stacking images.
+        frames = frames.float()  # (B, 3, H, W): f(t-2), f(t-1), f(t)
+        images = torch.empty_like(frames)  # (B, 3, H, W): position, velocity, acceleration
+        images[:, 0] = frames[:, 2]
+        torch.sub(frames[:, 2], frames[:, 1], out=images[:, 1])  # velocity
+        torch.sub(frames[:, 1], frames[:, 0], out=images[:, 2])  # the velocity one frame earlier
+        torch.sub(images[:, 1], images[:, 2], out=images[:, 2])  # acceleration: change of velocity
+        return images.mul_(1.0 / 255.0)
 
 
 # That is all of PPO. Part II adds the running normalization of continuous control and what
@@ -848,7 +849,7 @@ def learn(config: Config, learner: typing.Optional[Learner] = None, start_iterat
 # =======================================================================================
 
 # ---------------------------------------------------------------------------------------
-# 9. Running normalization (continuous control)
+# 10. Running normalization (continuous control)
 # ---------------------------------------------------------------------------------------
 # Both normalizers learn their statistics once per rollout, from all of its steps, as the
 # PPO paper's code did for the observations (OpenAI baselines, ppo1): every step of a
@@ -865,7 +866,7 @@ class RunningMeanStd:
         self.count = 0
 
     def update(self, batch: np.ndarray) -> None:
-        batch_mean, batch_var, batch_count = batch_moments(batch)  # section 10: all ranks' batches joined under torchrun
+        batch_mean, batch_var, batch_count = batch_moments(batch)  # section 11: all ranks' batches joined under torchrun
         if batch_count == 0:  # e.g. every environment is on its autoreset step
             return
         total = self.count + batch_count
@@ -912,14 +913,17 @@ class RewardScaler:
 
 
 # ---------------------------------------------------------------------------------------
-# 10. Several processes: torchrun and the sums over ranks (data parallelism)
+# 11. Several processes: torchrun and the sums over ranks (data parallelism)
 # ---------------------------------------------------------------------------------------
 # Under `torchrun`, K processes ("ranks") each step N / K of the environments and hold
-# their share of every batch. They stay one learner by agreeing wherever PPO takes a mean
-# over the batch: the gradient, the advantage statistics, the normalizers' statistics, the
-# episode returns and the logged diagnostics. Part I calls the hooks below by name; in a
-# single process each does what one process would do without them (nothing, or the local
-# mean and variance), so one process runs exactly the code it would run without ranks.
+# their share of every batch. They stay one learner this way: DistributedDataParallel gives
+# every rank rank 0's weights at the start and averages the gradients over ranks at every
+# backward pass; the --target-kl early stop and the KL penalty's beta use the mean KL of all
+# ranks (`mean_over_ranks`, the one call in Part I's update); the normalizers merge every
+# rank's statistics; and `run` joins each iteration's figures (`over_all_ranks`): steps,
+# episodes, diagnostics. docs/distributed.md says how this differs from one process with
+# the same total batch. In one process each function here does what that process would do
+# without ranks, so it runs exactly the code it would run without them.
 
 
 def world_size() -> int:
@@ -982,33 +986,25 @@ def group_moments_over_ranks(groups: list[torch.Tensor], correction: int = 1) ->
             for row, mean, square, values in zip(counts_and_sums, means, squares, groups)]
 
 
-def minibatch_statistics(advantages: torch.Tensor, minibatches: tuple[torch.Tensor, ...]) -> list[tuple]:
-    """For each minibatch of an epoch (indices into this rank's batch, n_r of them): this
-    rank's share of it, n_r K / n, and the mean and std of the whole minibatch's advantages
-    over all ranks, one exchange for the epoch. A loss (a mean over n_r samples) weighted by
-    the share and averaged over ranks is the mean over all n samples, even where the parts
-    differ in size. In one process: 1, and each minibatch's own mean and std."""
-    parts = [advantages[indices] for indices in minibatches]
+def mean_over_ranks(value: torch.Tensor) -> float:
+    """The mean over ranks of a one-number tensor, on every rank; in one process, its value."""
     if world_size() == 1:
-        return [(1.0, part.mean(), part.std()) for part in parts]
-    return [(part.shape[0] * world_size() / moments.count, moments.mean.float(), moments.variance.sqrt().float())
-            for part, moments in zip(parts, group_moments_over_ranks([part.double() for part in parts]))]
+        return value.item()
+    return sum_over_ranks(value.double()).item() / world_size()
 
 
-def kl_over_ranks(kl: torch.Tensor, share: float) -> float:
-    """The approx KL of the whole minibatch, from each rank's KL of its part weighted by its
-    share. In one process, kl itself."""
+def over_all_ranks(diagnostics: dict) -> dict:
+    """One iteration's figures of all ranks, from each rank's own (`ppo_iteration`): the
+    environment steps summed, the returns of the finished episodes joined in rank order,
+    and the update's means and the explained variance averaged over ranks (each rank's is
+    over its own part of the batch). In one process, the figures themselves."""
     if world_size() == 1:
-        return kl.item()
-    return sum_over_ranks(kl * share).item() / world_size()
-
-
-def totals_over_ranks(totals: torch.Tensor) -> torch.Tensor:
-    """The update's diagnostics, summed over its steps with each rank's weighted by its
-    share: the sums of the whole minibatches' means, once summed over ranks and divided by K."""
-    if world_size() == 1:
-        return totals
-    return sum_over_ranks(totals) / world_size()
+        return diagnostics
+    means = (*UPDATE_DIAGNOSTICS, "explained_variance")
+    totals = sum_over_ranks(torch.tensor([diagnostics["environment_steps"], *(diagnostics[name] for name in means)],
+                                         dtype=torch.float64))
+    return {**diagnostics, "environment_steps": int(totals[0].item()), "episode_returns": gathered(diagnostics["episode_returns"]),
+            **{name: total / world_size() for name, total in zip(means, totals[1:].tolist())}}
 
 
 def batch_moments(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -1028,29 +1024,37 @@ def environment_seed(config: Config, num_envs: int) -> int:
     return config.seed + rank() * num_envs
 
 
-def start_every_rank_alike(agent: nn.Module, seed: int) -> None:
-    """Copy rank 0's weights to every rank (the same seed makes them equal already; this
-    makes it so whatever the random number generator of each machine does); then each
-    rank draws its own samples: seeds above 2**32 are no other run's."""
+class DataParallelAgent(nn.parallel.DistributedDataParallel):
+    """An ActorCritic in DistributedDataParallel: calling it (the update's forward pass) has
+    the gradients averaged over ranks in the backward pass; every other attribute is the
+    ActorCritic's, its state dict included, so checkpoints are those of one process."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":
+                raise
+            return getattr(self.module, name)
+
+    def state_dict(self, *arguments, **options):
+        return self.module.state_dict(*arguments, **options)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.module.load_state_dict(state_dict, strict, assign)
+
+
+def join_ranks(learner: Learner, seed: int, device: torch.device) -> None:
+    """Under torchrun: the agent in DistributedDataParallel, which copies rank 0's weights to
+    every rank (the same seed makes them equal already; this makes it so whatever each
+    machine's random number generator does); then each rank draws samples of its own:
+    seeds above 2**32 are no other run's. In one process, nothing."""
     if world_size() == 1:
         return
-    for tensor in agent.state_dict().values():
-        dist.broadcast(tensor, src=0)
+    learner.agent = DataParallelAgent(learner.agent, device_ids=[device] if device.type == "cuda" else None,
+                                      broadcast_buffers=False)  # the networks have no buffers
     if rank() > 0:
         torch.manual_seed(seed + rank() * 2**32)
-
-
-def average_gradients(weights: list[torch.Tensor]) -> None:
-    """Replace each gradient by its mean over ranks: one all-reduce of all gradients
-    flattened into one vector, which is what DistributedDataParallel does in buckets."""
-    if world_size() == 1:
-        return
-    gradients = [weight.grad for weight in weights]
-    flat = torch.cat([gradient.reshape(-1) for gradient in gradients])  # (number of weights,)
-    dist.all_reduce(flat)
-    flat /= world_size()
-    for gradient, piece in zip(gradients, flat.split([gradient.numel() for gradient in gradients])):
-        gradient.copy_(piece.view_as(gradient))
 
 
 def started_by_torchrun() -> bool:
@@ -1126,7 +1130,7 @@ def from_rank_0(value):
 
 
 # ---------------------------------------------------------------------------------------
-# 11. Checking the input
+# 12. Checking the input
 # ---------------------------------------------------------------------------------------
 # Every bad input stops with one UserError line that names the problem and the fix, before
 # anything is allocated or written.
@@ -1376,7 +1380,7 @@ def resolve_device(name: str, precision: str = "float32") -> torch.device:
 
 
 # ---------------------------------------------------------------------------------------
-# 12. Checkpoints and saved environment state
+# 13. Checkpoints and saved environment state
 # ---------------------------------------------------------------------------------------
 
 # Vector environments whose whole state is numpy arrays plus one random generator.
@@ -1408,16 +1412,16 @@ def load_statistics(statistics: RunningMeanStd, state: dict) -> None:
     statistics.mean, statistics.var, statistics.count = state["mean"].numpy().copy(), state["var"].numpy().copy(), state["count"]
 
 
-def runner_state(runner: Runner) -> dict:
-    """What a resumed Runner needs: normalizers, recent returns and, where the environment
-    can be saved, the episodes in progress."""
+def runner_state(runner: Runner, recent_returns: typing.Sequence[float]) -> dict:
+    """What a resumed Runner needs: normalizers and, where the environment can be saved, the
+    episodes in progress; beside them the run's recent returns (every rank holds the same)."""
     scaler = runner.reward_scaler
     return {
         "environment": environment_state(runner.envs),
         "raw_observations": torch.from_numpy(np.array(runner.raw_observations)),
-        "episode_returns": torch.from_numpy(runner.episode_returns.copy()),
+        "episode_returns": torch.from_numpy(runner.returns_so_far.copy()),
         "autoreset": torch.from_numpy(runner.autoreset.copy()),
-        "recent_returns": list(runner.recent_returns),
+        "recent_returns": list(recent_returns),
         "observation_normalizer": statistics_state(runner.observation_normalizer.statistics) if runner.observation_normalizer else None,
         "reward_scaler": {"statistics": statistics_state(scaler.statistics),
                           "discounted_returns": torch.from_numpy(scaler.discounted_returns.copy())} if scaler else None,
@@ -1432,14 +1436,11 @@ def restore_runner(runner: Runner, state: dict, reset_seed: int) -> None:
     for name, shape in shapes.items():
         if tuple(state[name].shape) != shape:
             raise ValueError(f"{name} of shape {tuple(state[name].shape)}, not {shape}")
-    if not all(is_of_type(value, float) for value in state["recent_returns"]):
-        raise ValueError("recent_returns that are not numbers")
     if runner.observation_normalizer:
         load_statistics(runner.observation_normalizer.statistics, state["observation_normalizer"])
     if runner.reward_scaler:
         load_statistics(runner.reward_scaler.statistics, state["reward_scaler"]["statistics"])
         runner.reward_scaler.discounted_returns = state["reward_scaler"]["discounted_returns"].numpy().copy()
-    runner.recent_returns.extend(state["recent_returns"])
     if state["environment"] is not None and environment_state(runner.envs) is not None:
         current = environment_state(runner.envs)["arrays"]
         if {name: tuple(array.shape) for name, array in state["environment"]["arrays"].items()} != {
@@ -1447,15 +1448,15 @@ def restore_runner(runner: Runner, state: dict, reset_seed: int) -> None:
             raise ValueError("environment arrays of other shapes")
         restore_environment_state(runner.envs, state["environment"])
         runner.raw_observations = state["raw_observations"].numpy().copy()
-        runner.episode_returns = state["episode_returns"].numpy().copy()
+        runner.returns_so_far = state["episode_returns"].numpy().copy()
         runner.autoreset = state["autoreset"].numpy().copy()
     else:
         say("note: this environment's state cannot be saved; resumed episodes start from a fresh reset")
         runner.raw_observations, _ = runner.envs.reset(seed=reset_seed)
-        runner.episode_returns[:], runner.autoreset[:] = 0.0, False
+        runner.returns_so_far[:], runner.autoreset[:] = 0.0, False
         if runner.reward_scaler:
             runner.reward_scaler.discounted_returns[:] = 0.0
-    # The statistics learn only from the observations a rollout receives (section 9): the
+    # The statistics learn only from the observations a rollout receives (section 10): the
     # saved one already counted and a fresh reset observation does not, so a resume leaves
     # them as they were.
     runner.observations = runner.network_input(runner.raw_observations)
@@ -1475,13 +1476,13 @@ def as_flag(name: str, value) -> str:
     return f"{flag_name(name)} {' '.join(map(str, value)) if isinstance(value, tuple) else value}"
 
 
-def checkpoint_state(learner: Learner, config: Config, completed_iterations: int, global_step: int,
+def checkpoint_state(learner: Learner, config: Config, global_step: int, recent_returns: typing.Sequence[float],
                      schedule_start: tuple[int, float], device: torch.device) -> dict:
     """A dict of state dicts and plain values: loadable with weights_only, never a pickled module.
     Called on every rank: the runner and random state are each rank's own, so rank 0's go
     to "runner" and "rng", and those of ranks 1 to K - 1 to "other_ranks"."""
     ranks = gathered([{
-        "runner": runner_state(learner.runner),
+        "runner": runner_state(learner.runner, recent_returns),
         "rng": {"torch": torch.get_rng_state(),  # on a GPU, sampling draws from its own generator
                 "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
     }])
@@ -1489,7 +1490,7 @@ def checkpoint_state(learner: Learner, config: Config, completed_iterations: int
         "schedule_start": {"iteration": schedule_start[0], "learning_rate": float(schedule_start[1])},
         "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "env_id": config.env_id,
         "model": learner.agent.state_dict(), "optimizer": learner.optimizer.state_dict(),
-        "iteration": completed_iterations, "global_step": global_step, "kl_coef": float(learner.kl_coef),
+        "iteration": learner.iterations_done, "global_step": global_step, "kl_coef": float(learner.kl_coef),
         **ranks[0], "other_ranks": ranks[1:],
     }
 
@@ -1614,8 +1615,9 @@ def load_model_state(agent: nn.Module, state: dict, path: str) -> None:
                         "use the flags it was trained with, or start a new run") from None
 
 
-def restore_learner(learner: Learner, checkpoint: dict, path: str, config: Config, device: torch.device) -> tuple[int, int]:
-    """Load networks, optimizer, runner and random state; return (iteration, global step)."""
+def restore_learner(learner: Learner, checkpoint: dict, path: str, config: Config, device: torch.device) -> list[float]:
+    """Load networks, optimizer, runner and random state and the iterations done; return the
+    run's recent returns."""
     load_model_state(learner.agent, checkpoint["model"], path)
     part = "optimizer"
     try:
@@ -1627,6 +1629,8 @@ def restore_learner(learner: Learner, checkpoint: dict, path: str, config: Confi
         part = "runner"
         own = [checkpoint, *checkpoint["other_ranks"]][rank()]  # this rank's runner and random state
         restore_runner(learner.runner, own["runner"], reset_seed=config.seed + checkpoint["global_step"] + rank() * learner.envs.num_envs)
+        if not all(is_of_type(value, float) for value in own["runner"]["recent_returns"]):
+            raise ValueError("recent_returns that are not numbers")
         part = "rng"
         torch.set_rng_state(own["rng"]["torch"])
         if device.type == "cuda" and own["rng"].get("cuda") is not None:
@@ -1635,7 +1639,8 @@ def restore_learner(learner: Learner, checkpoint: dict, path: str, config: Confi
         raise UserError(f"{path} has a damaged {part!r} entry ({type(error).__name__}); use another checkpoint of the run") from None
     # beta goes on from its adapted value, unless the resume gives a new --kl-coef.
     learner.kl_coef = config.kl_coef if config.kl_coef != checkpoint["config"].kl_coef else checkpoint["kl_coef"]
-    return checkpoint["iteration"], checkpoint["global_step"]
+    learner.iterations_done = checkpoint["iteration"]
+    return list(own["runner"]["recent_returns"])
 
 
 def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float]:
@@ -1647,7 +1652,7 @@ def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float
     if config.learning_rate != saved_config.learning_rate:
         return checkpoint["iteration"], config.learning_rate
     if config.num_iterations != saved_config.num_iterations or config.anneal_lr != saved_config.anneal_lr:
-        rate = annealed_learning_rate(saved_config, checkpoint["iteration"], *start)
+        rate = annealed_learning_rate(config_for_schedule(saved_config, start), checkpoint["iteration"])
         if config.anneal_lr and rate == 0 and checkpoint["iteration"] < config.num_iterations:
             raise UserError(f"this run's learning rate had decayed to 0 when it was saved, so more --total-steps "
                             f"alone would not train; also give a --learning-rate (it began at {saved_config.learning_rate:g})")
@@ -1655,8 +1660,23 @@ def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float
     return start
 
 
+def config_for_schedule(config: Config, schedule_start: tuple[int, float]) -> Config:
+    """The config `learn` anneals from: config, with the learning rate at which a linear decay
+    that has schedule_start's rate at its iteration and reaches 0 after the last iteration
+    begins. A fresh run, or one continued as it was: config itself."""
+    iteration, rate = schedule_start
+    if (iteration == 0 and rate == config.learning_rate) or not config.anneal_lr or iteration >= config.num_iterations:
+        return config  # the rate of a run without annealing is config's; one past its end trains no more
+    start = rate * config.num_iterations / (config.num_iterations - iteration)
+    if start > 1:
+        raise UserError(f"going on from a learning rate of {rate:g} at iteration {iteration} to 0 at iteration "
+                        f"{config.num_iterations} is the decay of one that began at {start:g}, above 1; "
+                        "give more --total-steps or a lower --learning-rate")
+    return dataclasses.replace(config, learning_rate=start)
+
+
 # ---------------------------------------------------------------------------------------
-# 13. The run folder, the metrics log, learning curves and signals
+# 14. The run folder, the metrics log, learning curves and signals
 # ---------------------------------------------------------------------------------------
 
 
@@ -2176,7 +2196,7 @@ def plot_runs(run_dirs: list[str], output: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# 14. ppo(config): a run from start to stop
+# 15. ppo(config): a run from start to stop
 # ---------------------------------------------------------------------------------------
 
 
@@ -2187,7 +2207,7 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
     continues from it (networks, optimizer, normalizers, random state and, where the
     environment allows, the episodes in progress) up to config.total_steps.
     Started by torchrun with K processes, each is one rank of a data-parallel run
-    (section 10): rank 0 alone claims the run folder, writes to it and prints.
+    (section 11): rank 0 alone claims the run folder, writes to it and prints.
     """
     with process_group(resolve_device(config.device, config.precision)) as device:
         check_split(config)
@@ -2216,32 +2236,41 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
     the last iteration, each with a final checkpoint; a divergence keeps the last good one."""
     keep_freed_memory()
     learner = build_learner(config, device)
+    join_ranks(learner, config.seed, device)  # section 11: nothing to do in one process
     if learner.agent.bfloat16 and bfloat16_is_slow(device):
         say(f"note: --precision bfloat16 on a CPU without AVX-512 ({torch.backends.cpu.get_cpu_capability()}) is slow: "
             "the Pong preset trained 5.8x slower than in float32 on an AVX2 AMD EPYC; --precision float32 is faster here")
+    recent_returns: deque = deque(maxlen=config.return_window)  # the mean return logged is of these episodes
     try:
-        start_iteration, global_step = restore_learner(learner, checkpoint, resume, config, device) if checkpoint else (0, 0)
+        if checkpoint:
+            recent_returns.extend(restore_learner(learner, checkpoint, resume, config, device))
+        schedule_start = resumed_schedule_start(checkpoint, config) if checkpoint else (0, config.learning_rate)
+        schedule = config_for_schedule(config, schedule_start)
     except BaseException:
         learner.envs.close()
         raise
-    schedule_start = resumed_schedule_start(checkpoint, config) if checkpoint else (0, config.learning_rate)
+    global_step = checkpoint["global_step"] if checkpoint else 0
     folder = RunFolder(run_dir, config)
     metrics: dict = {"global_step": global_step, "mean_return": float("nan")}
-    status, completed, stop_signal = "finished", start_iteration, None
+    status, stop_signal = "finished", None
     start_time, start_step = time.time(), global_step
     try:
-        on_rank_0(folder.open, start_iteration if checkpoint else None)
+        on_rank_0(folder.open, learner.iterations_done if checkpoint else None)
         with StopSignals() as stop:
             try:
-                for diagnostics in learn(config, learner, start_iteration, schedule_start):
+                for diagnostics in learn(schedule, learner):
+                    diagnostics = over_all_ranks(diagnostics)  # section 11: one process's are all there are
                     global_step += diagnostics.pop("environment_steps")
+                    recent_returns.extend(diagnostics.pop("episode_returns"))
                     if not all_finite(learner.agent, diagnostics):
                         raise folder.divergence_error(diagnostics["iteration"], "a loss or weight became NaN or infinite")
-                    completed, now = diagnostics["iteration"], time.time()
+                    now = time.time()
                     metrics = {"global_step": global_step, "wall_seconds": round(now - start_time, 3), "kl_coef": "", **diagnostics,
+                               "mean_return": float(np.mean(recent_returns)) if recent_returns else float("nan"),
+                               "episodes": len(recent_returns),
                                "steps_per_second": (global_step - start_step) / max(now - start_time, 1e-9)}
                     on_rank_0(folder.write_metrics, metrics)
-                    # Every rank holds the same returns (section 10), so every rank decides alike.
+                    # Every rank holds the same returns (section 11), so every rank decides alike.
                     solved = (config.target_return is not None and metrics["episodes"] == config.return_window
                               and metrics["mean_return"] >= config.target_return)
                     if solved:
@@ -2254,15 +2283,15 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
                         status = "interrupted"
                     if solved or stop_signal is not None:
                         break
-                    if completed % config.save_every == 0:
-                        on_rank_0(folder.save, checkpoint_state(learner, config, completed, global_step, schedule_start, device), False)
+                    if learner.iterations_done % config.save_every == 0:
+                        on_rank_0(folder.save, checkpoint_state(learner, config, global_step, recent_returns, schedule_start, device), False)
             except RuntimeError as error:  # torch.multinomial on probabilities that overflowed
                 if "probability tensor contains" not in str(error):
                     raise
-                raise folder.divergence_error(completed + 1, "the policy's probabilities became NaN or infinite "
+                raise folder.divergence_error(learner.iterations_done + 1, "the policy's probabilities became NaN or infinite "
                                                              f"({str(error).splitlines()[0]})") from None
             # Never reached after a divergence: the last good checkpoint stays.
-            on_rank_0(folder.save, checkpoint_state(learner, config, completed, global_step, schedule_start, device), True)
+            on_rank_0(folder.save, checkpoint_state(learner, config, global_step, recent_returns, schedule_start, device), True)
     finally:
         folder.close()
         learner.envs.close()
@@ -2271,7 +2300,7 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
 
 
 # ---------------------------------------------------------------------------------------
-# 15. Evaluation
+# 16. Evaluation
 # ---------------------------------------------------------------------------------------
 
 ATARI_SCREEN = (210, 160)  # height and width of every Atari 2600 game's screen
@@ -2540,7 +2569,7 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu",
 
 
 # ---------------------------------------------------------------------------------------
-# 16. Command line
+# 17. Command line
 # ---------------------------------------------------------------------------------------
 
 # Every Config field once, by family, in the order --help and README.md list them.
@@ -2590,7 +2619,8 @@ def build_parser() -> argparse.ArgumentParser:
             item, kind = defaults[name], hints[name]
             presets = [f"{preset} {shown(settings[name])}" for preset, (_, settings) in PRESETS.items() if name in settings]
             preset_note = f"; presets: {', '.join(presets)}" if presets else ""
-            options: dict = {"help": f"{item.metadata['help']} (default: {shown(item.default)}{preset_note})"}
+            default = DEFAULT_ENV if name == "env" else item.default  # the one field without a default: make_config's
+            options: dict = {"help": f"{item.metadata['help']} (default: {shown(default)}{preset_note})"}
             if kind is bool:
                 options["action"] = argparse.BooleanOptionalAction
             elif kind == typing.Tuple[int, ...]:
@@ -2659,7 +2689,10 @@ CONTINUOUS_DEFAULTS = dict(
 )
 
 
-def make_config(env: str = "CartPole", **overrides) -> Config:
+DEFAULT_ENV = "CartPole"  # what `python ppo.py` trains
+
+
+def make_config(env: str = DEFAULT_ENV, **overrides) -> Config:
     """Config defaults, then the environment's preset or generic defaults, then overrides."""
     if env in PRESETS:
         defaults = PRESETS[env][1]

@@ -399,7 +399,7 @@ def test_float64_observations_reach_the_network_as_float32():
 ])
 def test_every_config_is_valid_once_made(field, value, message):
     with pytest.raises(ppo.UserError, match=re.escape(message)):
-        ppo.Config(**{field: value})
+        ppo.Config(**{"env": "CartPole-v1", field: value})
     with pytest.raises(ppo.UserError, match=re.escape(message)):
         dataclasses.replace(ppo.make_config("CartPole"), **{field: value})
 

@@ -1,8 +1,8 @@
 """Data-parallel PPO over torch.distributed (docs/distributed.md): on the
-CPU with gloo and 2 ranks, the update over two parts of a minibatch equals the update
-over the whole in one process; ranks keep identical weights and step disjoint
-environments; and torchrun trains, resumes, stops on a signal and spans two launchers."""
-import math
+CPU with gloo and 2 ranks, each rank's step is the mean of the gradients of the ranks'
+parts of a minibatch (DistributedDataParallel), and an iteration's figures are joined over
+ranks; ranks keep identical weights and step disjoint environments; and torchrun trains,
+resumes, stops on a signal and spans two launchers."""
 import os
 import signal
 import subprocess
@@ -45,7 +45,7 @@ def on_two_ranks(function, *arguments):
         torch.multiprocessing.spawn(rank_process, args=(2, os.path.join(folder, "store"), function, arguments), nprocs=2)
 
 
-# The update: two parts of a minibatch, gradients averaged, equal the whole ----------------
+# The update: each rank's part of a minibatch, the gradients averaged over ranks -------------
 
 SAMPLES, FIRST_PART = 48, 20  # rank 0 holds 20 samples, rank 1 the other 28
 
@@ -67,78 +67,79 @@ def minibatch(agent, objective):
     observations = torch.randn(SAMPLES, 4, generator=generator)
     actions = torch.randint(0, 2, (SAMPLES,), generator=generator)
     with torch.no_grad():
-        log_probs, _, values, _ = agent.evaluate(observations, actions)
+        log_probs, _, values, _ = agent(observations, actions)
     advantages = torch.randn(SAMPLES, generator=generator)
     advantages[:FIRST_PART] += 2.0
     batch = {"observations": observations, "actions": actions,
              "log_probs": log_probs + 0.3 * torch.randn(SAMPLES, generator=generator),
              "values": values, "advantages": advantages, "returns": torch.randn(SAMPLES, generator=generator)}
     if objective == "kl-penalty":
-        batch["old_distributions"] = ppo.old_policy(agent, observations, actions, SAMPLES)[2]
+        batch["old_distributions"] = ppo.evaluate_rollout(agent, observations, actions, SAMPLES)[2]
     return batch
 
 
-def gradient_of_update(batch, config):
+def gradient_of_update(batch, config, data_parallel=False):
     """-(change of the weights) after one update with SGD at step size 1: the gradient; and
-    the update's diagnostics."""
+    the update's diagnostics. With data_parallel, the agent is in DistributedDataParallel."""
     agent = fresh_agent(config)
     before = [weight.detach().clone() for weight in agent.parameters()]
-    losses = ppo.update(agent, torch.optim.SGD(agent.parameters(), lr=1.0), batch, config, config.kl_coef)
+    trained = ppo.DataParallelAgent(agent) if data_parallel else agent
+    losses = ppo.update(trained, torch.optim.SGD(agent.parameters(), lr=1.0), batch, config, config.kl_coef)
     return [old - new.detach() for old, new in zip(before, agent.parameters())], losses
+
+
+PARTS = (slice(0, FIRST_PART), slice(FIRST_PART, SAMPLES))
 
 
 def update_on_a_part(folder, objective):
     config = update_config(objective)
     batch = minibatch(fresh_agent(config), objective)
-    part = slice(0, FIRST_PART) if dist.get_rank() == 0 else slice(FIRST_PART, SAMPLES)
-    gradient_and_losses = gradient_of_update({name: values[part] for name, values in batch.items()}, config)
+    part = PARTS[dist.get_rank()]
+    gradient_and_losses = gradient_of_update({name: values[part] for name, values in batch.items()}, config, data_parallel=True)
     torch.save(gradient_and_losses, os.path.join(folder, f"rank{dist.get_rank()}.pt"))
 
 
 @pytest.mark.parametrize("objective", ["clip", "kl-penalty"])
-def test_the_gradient_averaged_over_two_parts_of_a_minibatch_is_the_whole_minibatchs(tmp_path, objective):
-    """Parts of unequal size and advantage statistics: without the advantage statistics of
-    the whole minibatch, or without weighting each part by its size, this fails. The logged
-    diagnostics are the whole minibatch's too."""
+def test_two_ranks_step_with_the_mean_of_the_gradients_of_their_parts(tmp_path, objective):
+    """What docs/distributed.md says K ranks compute: each rank's loss on its own part of
+    the minibatch (its advantages normalized by its part's mean and std), the gradients
+    averaged over ranks by DistributedDataParallel. Parts of unequal size and advantage
+    statistics: the step differs from the whole minibatch's in one process, and equals the
+    mean of the steps one process takes on each part; both ranks take the same step."""
     config = update_config(objective)
-    whole, whole_losses = gradient_of_update(minibatch(fresh_agent(config), objective), config)
+    batch = minibatch(fresh_agent(config), objective)
+    whole, _ = gradient_of_update(batch, config)
+    parts = [gradient_of_update({name: values[part] for name, values in batch.items()}, config) for part in PARTS]
     on_two_ranks(update_on_a_part, str(tmp_path), objective)
     (rank_0_gradient, rank_0_losses), (rank_1_gradient, rank_1_losses) = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
-    for expected, rank_0, rank_1 in zip(whole, rank_0_gradient, rank_1_gradient):
+    for index, (rank_0, rank_1) in enumerate(zip(rank_0_gradient, rank_1_gradient)):
         assert torch.equal(rank_0, rank_1)  # one averaged gradient on both ranks
+        expected = (parts[0][0][index] + parts[1][0][index]) / 2
         torch.testing.assert_close(rank_0, expected, rtol=1e-5, atol=1e-6)  # equal up to rounding
+    assert any((gradient - whole_gradient).abs().max() > 1e-3 for gradient, whole_gradient in zip(rank_0_gradient, whole))
     assert any(gradient.abs().max() > 1e-3 for gradient in whole)
-    assert rank_0_losses == rank_1_losses
-    assert rank_0_losses == pytest.approx(whole_losses, rel=1e-5, abs=1e-6)
+    # The diagnostics are each rank's own, over its part; `over_all_ranks` averages them.
+    assert rank_0_losses == pytest.approx(parts[0][1], rel=1e-5, abs=1e-6)
+    assert rank_1_losses == pytest.approx(parts[1][1], rel=1e-5, abs=1e-6)
 
 
-def critic_and_returns():
-    """Values and returns whose two parts differ: rank 0's critic errs less than rank 1's."""
-    generator = torch.Generator().manual_seed(2)
-    values = torch.randn(SAMPLES, generator=generator)
-    errors = torch.randn(SAMPLES, generator=generator)
-    errors[FIRST_PART:] *= 3.0
-    return values, values + 0.5 * errors
+def figures_of_a_rank(folder):
+    rank = dist.get_rank()
+    figures = {"environment_steps": 100 + rank, "episode_returns": [float(rank)] * (rank + 1), "iteration": 7,
+               **{name: float(rank + 1) for name in ppo.UPDATE_DIAGNOSTICS}, "explained_variance": 0.5 + rank / 4}
+    torch.save(ppo.over_all_ranks(figures), os.path.join(folder, f"rank{rank}.pt"))
 
 
-def explained_variance_of_a_part(folder):
-    part = slice(0, FIRST_PART) if dist.get_rank() == 0 else slice(FIRST_PART, SAMPLES)
-    values, returns = critic_and_returns()
-    # Returns without variance, 400 on rank 0 and 600 on rank 1: a sum of squares minus a
-    # squared sum over the 1,000 leaves -7e-12 here, not 0.
-    constant = torch.full((400 if dist.get_rank() == 0 else 600,), -5.856578)
-    torch.save([ppo.explained_variance(values[part], returns[part]), ppo.explained_variance(torch.zeros_like(constant), constant)],
-               os.path.join(folder, f"rank{dist.get_rank()}.pt"))
-
-
-def test_the_explained_variance_logged_by_two_ranks_is_that_of_the_whole_batch(tmp_path):
-    values, returns = critic_and_returns()
-    whole = ppo.explained_variance(values, returns)
-    on_two_ranks(explained_variance_of_a_part, str(tmp_path))
-    (rank_0, rank_0_of_constant), (rank_1, rank_1_of_constant) = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
-    assert rank_0 == rank_1 == pytest.approx(whole, abs=1e-6)
-    assert math.isnan(rank_0_of_constant) and math.isnan(rank_1_of_constant)  # returns without variance: undefined, as in one process
-    assert abs(ppo.explained_variance(values[:FIRST_PART], returns[:FIRST_PART]) - whole) > 0.1  # rank 0's alone differs
+def test_an_iterations_figures_are_joined_over_ranks(tmp_path):
+    """Steps summed, finished episodes joined in rank order, means averaged, the same on
+    every rank; in one process, the figures themselves."""
+    on_two_ranks(figures_of_a_rank, str(tmp_path))
+    rank_0, rank_1 = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert rank_0 == rank_1
+    assert rank_0["environment_steps"] == 201 and rank_0["episode_returns"] == [0.0, 1.0, 1.0] and rank_0["iteration"] == 7
+    assert all(rank_0[name] == 1.5 for name in ppo.UPDATE_DIAGNOSTICS) and rank_0["explained_variance"] == 0.625
+    alone = {"environment_steps": 3, "episode_returns": [1.0], "policy_loss": 0.25}
+    assert ppo.over_all_ranks(alone) is alone
 
 
 # Training on two ranks ----------------------------------------------------------------------
@@ -152,12 +153,14 @@ def small(env, **overrides):
 def train_three_iterations(folder, env):
     config = small(env)
     learner = ppo.build_learner(config, torch.device("cpu"))
+    ppo.join_ranks(learner, config.seed, torch.device("cpu"))
     start = {"observations": learner.runner.raw_observations.copy(), "normalizer": None}
     if learner.runner.observation_normalizer:
         start["normalizer"] = learner.runner.observation_normalizer.statistics.mean.copy()
+    returns = []
     for _ in range(3):
-        ppo.ppo_iteration(learner, config, 1e-3)
-    torch.save({"start": start, "weights": learner.agent.state_dict(), "returns": list(learner.runner.recent_returns),
+        returns += ppo.over_all_ranks(ppo.ppo_iteration(learner, config, 1e-3))["episode_returns"]
+    torch.save({"start": start, "weights": learner.agent.state_dict(), "returns": returns,
                 "optimizer": learner.optimizer.state_dict()["state"]},
                os.path.join(folder, f"rank{dist.get_rank()}.pt"), pickle_protocol=4)
     learner.envs.close()

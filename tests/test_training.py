@@ -1,5 +1,6 @@
 """End-to-end behaviour: learning within step budgets, determinism, the Atari and the
 continuous-control pipelines."""
+import collections
 import csv
 import math
 import os
@@ -90,9 +91,15 @@ def test_learn_is_the_loop_that_ppo_runs(tmp_path, monkeypatch):
     with open(tmp_path / "metrics.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert [diagnostics["iteration"] for diagnostics in yielded] == list(range(1, config.num_iterations + 1))
+    recent = collections.deque(maxlen=config.return_window)  # the episodes whose mean return ppo() logs
+    global_step = 0
     for row, diagnostics in zip(rows, yielded, strict=True):
-        for name in (*ppo.UPDATE_DIAGNOSTICS, "explained_variance", "mean_return", "episodes", "learning_rate"):
+        for name in (*ppo.UPDATE_DIAGNOSTICS, "explained_variance", "learning_rate"):
             assert float(row[name]) == diagnostics[name] or math.isnan(diagnostics[name]) and row[name] == "nan", name
+        recent.extend(diagnostics["episode_returns"])
+        global_step += diagnostics["environment_steps"]
+        assert int(row["episodes"]) == len(recent) and int(row["global_step"]) == global_step
+        assert float(row["mean_return"]) == float(np.mean(recent)) if recent else row["mean_return"] == "nan"
 
 
 def test_metrics_are_means_over_the_iteration_and_the_csv_has_a_row_per_iteration(tmp_path):
@@ -115,17 +122,17 @@ def test_pong_pipeline_keeps_uint8_frames_and_reports_game_scores():
     buffer = ppo.PPOBuffer(config.num_steps, config.num_envs, envs.single_observation_space, envs.single_action_space, torch.device("cpu"))
     runner = ppo.Runner(envs, config, torch.device("cpu"))
     torch.manual_seed(0)
-    steps, last_values = runner.collect(agent, buffer)
+    episode_returns, last_values = runner.collect(agent, buffer)
     envs.close()
     assert buffer.observations.shape == (1100, 2, 3, 84, 84) and buffer.observations.dtype == torch.uint8
     assert buffer.actions.shape == (1100, 2) and buffer.actions.dtype == torch.int64
-    assert last_values.shape == (2,) and steps == int(buffer.valid.sum())
+    assert last_values.shape == (2,)
     assert set(np.unique(buffer.rewards)) <= {-1.0, 0.0, 1.0}  # the clipped training reward
     # A random policy loses most points: the logged returns are whole game scores.
-    assert len(runner.recent_returns) >= 1
-    for score in runner.recent_returns:
+    assert len(episode_returns) >= 1
+    for score in episode_returns:
         assert score == int(score) and -21 <= score <= 21
-    assert min(runner.recent_returns) <= -15
+    assert min(episode_returns) <= -15
     assert not buffer.valid.all()  # each finished game is followed by its autoreset step
 
 
@@ -174,7 +181,7 @@ def test_the_buffer_stores_the_unclipped_action_and_the_update_uses_its_log_prob
     advantages, returns = buffer.advantages_and_returns(torch.zeros(2), config.gamma, config.gae_lambda)
     batch = buffer.flatten_valid(advantages, returns)
     with torch.no_grad():
-        new_log_probs, _, _, _ = agent.evaluate(batch["observations"], batch["actions"])
+        new_log_probs, _, _, _ = agent(batch["observations"], batch["actions"])
         mean = agent.actor(batch["observations"])
         clipped_log_probs = agent.actor.log_prob(mean, batch["actions"].clamp(-2.0, 2.0))
     torch.testing.assert_close(new_log_probs, batch["log_probs"])  # ratio 1 before the first step
@@ -190,7 +197,7 @@ def test_normalizers_round_trip_through_a_checkpoint_exactly(tmp_path):
     runner = ppo.Runner(envs, config, device)
     runner.collect(agent, buffer)
     path = str(tmp_path / "checkpoint.pt")
-    ppo.save_checkpoint(path, {"runner": ppo.runner_state(runner)})
+    ppo.save_checkpoint(path, {"runner": ppo.runner_state(runner, [])})
     restored = ppo.Runner(ppo.make_environments(config, config.num_envs), config, device)
     ppo.restore_runner(restored, torch.load(path, weights_only=True)["runner"], reset_seed=0)
     for name in ("mean", "var"):
