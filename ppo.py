@@ -866,7 +866,7 @@ class RunningMeanStd:
         self.count = 0
 
     def update(self, batch: np.ndarray) -> None:
-        batch_mean, batch_var, batch_count = batch_moments(batch)  # section 11: all ranks' batches joined under torchrun
+        batch_mean, batch_var, batch_count = batch_moments(batch)  # in float64; all ranks' batches joined under torchrun (section 11)
         if batch_count == 0:  # e.g. every environment is on its autoreset step
             return
         total = self.count + batch_count
@@ -878,8 +878,13 @@ class RunningMeanStd:
 
 
 class ObservationNormalizer:
-    """obs -> clip((obs - mean) / std, -c, c), with mean and std measured as training runs:
-    those of every observation of the rollouts so far (before the first: 0 and 1)."""
+    """obs -> clip((obs - mean) / std, -c, c), with mean and std measured as training runs
+    (before the first rollout: 0 and 1). They are those of every observation a step of the
+    rollouts so far returned: after an episode ends, the reset observation of the next
+    (returned by the autoreset step), but not the observations reset() gives at the start of
+    a run. Each observation counts once, when a step returns it, so a resumed run, which
+    starts from its saved observation (already counted) or a fresh reset, learns from the
+    very observations the uninterrupted run would."""
 
     def __init__(self, shape: tuple[int, ...], clip: float):
         self.statistics, self.clip = RunningMeanStd(shape), clip
@@ -952,40 +957,6 @@ def gathered(items: list) -> list:
     return [item for part in lists for item in part]
 
 
-class Moments(typing.NamedTuple):
-    count: int
-    mean: torch.Tensor
-    variance: torch.Tensor
-
-
-def moments_over_ranks(values: torch.Tensor, correction: int = 1) -> Moments:
-    """Count, mean and variance of `values` (n, ...) along the first axis, all ranks' parts
-    joined: `group_moments_over_ranks` of one group. In one process, torch's own."""
-    return group_moments_over_ranks([values], correction)[0]
-
-
-def group_moments_over_ranks(groups: list[torch.Tensor], correction: int = 1) -> list[Moments]:
-    """For each group (n_g, ...): count, mean and variance (the squared deviations summed,
-    divided by count - correction) along the first axis, all ranks' parts of the group
-    joined. In two passes, as torch.var computes it: the mean over all ranks, then the
-    squared deviations from it, in float64, so that equal values give exactly 0 (a sum of
-    squares minus a squared sum need not); two all-reduces serve every group. In one
-    process, torch's own mean and var of each group."""
-    if world_size() == 1:
-        return [Moments(values.shape[0], values.mean(dim=0), values.var(dim=0, correction=correction)) for values in groups]
-    precise = [values.double() for values in groups]
-    device = precise[0].device
-    counts_and_sums = sum_over_ranks(torch.stack([  # (G, 1 + size of one value): n and the sum of each group
-        torch.cat((torch.tensor([float(values.shape[0])], dtype=torch.float64, device=device), values.sum(dim=0).reshape(-1)))
-        for values in precise]))
-    means = [(row[1:] / row[0]).reshape(values.shape[1:]) for row, values in zip(counts_and_sums, precise)]
-    squares = sum_over_ranks(torch.stack([(values - mean).square().sum(dim=0).reshape(-1)  # (G, size of one value)
-                                          for values, mean in zip(precise, means)]))
-    return [Moments(int(row[0].item()), mean.to(values.dtype),
-                    (square.reshape(values.shape[1:]) / (row[0] - correction)).to(values.dtype))
-            for row, mean, square, values in zip(counts_and_sums, means, squares, groups)]
-
-
 def mean_over_ranks(value: torch.Tensor) -> float:
     """The mean over ranks of a one-number tensor, on every rank; in one process, its value."""
     if world_size() == 1:
@@ -1008,12 +979,20 @@ def over_all_ranks(diagnostics: dict) -> dict:
 
 
 def batch_moments(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Mean, variance and size of a normalizer's batch (B, *shape) joined over all ranks'
-    batches, so that every rank's normalizer holds the same statistics."""
-    if world_size() == 1:
-        return (batch.mean(axis=0), batch.var(axis=0), batch.shape[0]) if batch.shape[0] else (None, None, 0)
-    count, mean, variance = moments_over_ranks(torch.from_numpy(batch).double(), correction=0)
-    return mean.numpy(), variance.numpy(), int(count)
+    """Mean, variance and size of a normalizer's batch (B, *shape) in float64, whatever the
+    batch's dtype; under torchrun, of all ranks' batches joined, so that every rank's
+    normalizer holds the same statistics. In two passes, as numpy's var computes it: the
+    mean, then the squared deviations from it (so that equal values give exactly 0, which a
+    sum of squares minus a squared sum need not), each summed over ranks."""
+    values = torch.from_numpy(np.asarray(batch, dtype=np.float64))
+    count_and_sum = sum_over_ranks(torch.cat((torch.tensor([float(values.shape[0])], dtype=torch.float64),
+                                              values.sum(dim=0).reshape(-1))))  # (1 + size of one value,)
+    count = int(count_and_sum[0].item())
+    if count == 0:
+        return None, None, 0
+    mean = (count_and_sum[1:] / count).reshape(values.shape[1:])
+    squares = sum_over_ranks((values - mean).square().sum(dim=0).reshape(-1)).reshape(values.shape[1:])
+    return mean.numpy(), (squares / count).numpy(), count
 
 
 def environment_seed(config: Config, num_envs: int) -> int:
