@@ -506,8 +506,7 @@ class Runner:
         if self.continuous:
             self.action_low = torch.as_tensor(envs.single_action_space.low, device=device)
             self.action_high = torch.as_tensor(envs.single_action_space.high, device=device)
-        # Running normalization for continuous control (section 10).
-        self.observation_normalizer = ObservationNormalizer(shape, config.observation_clip) if config.normalize_observations else None
+        self.observation_normalizer = ObservationNormalizer(shape, config.observation_clip) if config.normalize_observations else None  # section 10
         self.reward_scaler = RewardScaler(num_envs, config.gamma) if config.scale_rewards else None
         self.returns_so_far = np.zeros(num_envs)  # (N,): each current episode's, unscaled and unclipped: the game score
         self.autoreset = np.zeros(num_envs, dtype=bool)  # True where the next step only resets
@@ -558,9 +557,8 @@ class Runner:
 @torch.no_grad()
 def evaluate_rollout(agent: ActorCritic, observations: torch.Tensor, actions: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, ...]:
     """log pi_old(a|s) (B,), V(s) (B,) and pi_old(.|s) whole (B, K) of a rollout's B samples,
-    chunk_size samples at a time (no more memory than a minibatch). The weights have not
-    moved since the rollout was collected, so this is the policy that chose the actions;
-    one batched pass costs far less than B / N small ones during it."""
+    chunk_size at a time (no more memory than a minibatch). The weights have not moved since
+    the rollout, so this is the policy that chose the actions, in one pass for all of them."""
     outputs = [agent(part, part_actions) for part, part_actions in zip(observations.split(chunk_size), actions.split(chunk_size))]
     log_probs, _, values, pi = (torch.cat(column) for column in zip(*outputs))
     return log_probs, values, agent.actor.distribution(pi)
@@ -1534,7 +1532,14 @@ def load_checkpoint(path: str) -> dict:
     except UserError as error:
         raise UserError(f"{path} holds an invalid config: {error}") from None
     check_checkpoint_entries(checkpoint, path)
+    checkpoint["stamp"] = checkpoint_stamp(path)
     return checkpoint
+
+
+def checkpoint_stamp(path: str) -> tuple[int, int, int]:
+    """What changes when a checkpoint is replaced (atomically, so by another file)."""
+    status = os.stat(path)
+    return status.st_ino, status.st_mtime_ns, status.st_size
 
 
 # What ppo.py reads from a checkpoint, and the kind each entry must be.
@@ -1726,34 +1731,101 @@ def make_default_run_dir(config: Config) -> str:
     raise UserError(f"{name} and 998 numbered folders beside it exist already; choose a --run-dir")
 
 
-def claim_run_dir(config: Config, resume: typing.Optional[str]) -> tuple[str, bool]:
-    """The run's folder, and whether this call made it. A run writes only into a folder
-    that is new, empty, or its own: the folder of the checkpoint it resumes."""
+def claim_run_dir(config: Config, resume: typing.Optional[str]) -> tuple[str, bool, typing.Optional[typing.IO]]:
+    """The run's folder, whether this call made it, and this process's hold on it
+    (`hold_run_dir`). A run writes only into a folder that is new, empty, or its own: the
+    folder of the checkpoint it resumes; and only while no other process holds it. Whether
+    the folder is new or empty is checked again once it is held, so two runs started at
+    once can never both pass."""
     owns_its_folder = resume is not None and os.path.basename(resume) == "checkpoint.pt"
     own = (os.path.dirname(resume) or ".") if owns_its_folder else None
     if resume and not owns_its_folder and not config.run_dir:
         raise UserError(f"{resume} is not a run folder's checkpoint.pt, so its folder is not its run's; "
                         "resume it into a new folder with --run-dir")
     if not config.run_dir and not resume:
-        return make_default_run_dir(config), True
+        run_dir = make_default_run_dir(config)
+        return run_dir, True, hold_run_dir(run_dir)
     run_dir = config.run_dir or own
     if own is not None and os.path.realpath(run_dir) == os.path.realpath(own):
-        return run_dir, False
+        return run_dir, False, hold_run_dir(run_dir)
+    created = False
     if os.path.exists(run_dir):
-        if not os.path.isdir(run_dir):
-            raise UserError(f"--run-dir {run_dir} is a file, not a folder; choose another --run-dir")
-        if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
-            raise UserError(f"{run_dir} already holds a run; continue it with --resume {os.path.join(run_dir, 'checkpoint.pt')}, "
-                            "or choose another --run-dir")
-        if os.listdir(run_dir):
-            raise UserError(f"{run_dir} is not empty, and a run writes only into a new or empty folder (or its own); "
-                            "choose another --run-dir")
-        return run_dir, False
+        check_new_or_empty(run_dir)  # before run.lock is made in it: never into a folder of other files
+    else:
+        try:
+            os.makedirs(run_dir)
+            created = True
+        except FileExistsError:  # another run made it a moment ago: the hold decides between the two
+            pass
+        except OSError as error:
+            raise UserError(f"cannot create the run folder {run_dir} ({error.strerror}); choose another --run-dir") from None
+    hold = hold_run_dir(run_dir)
     try:
-        os.makedirs(run_dir)
+        check_new_or_empty(run_dir)  # now that no other process can write here
+    except UserError:
+        if hold:
+            hold.close()
+        raise
+    return run_dir, created, hold
+
+
+def check_new_or_empty(run_dir: str) -> None:
+    """Raise UserError unless run_dir is a folder that holds nothing, or only the run.lock of
+    a run that wrote nothing else."""
+    if not os.path.isdir(run_dir):
+        raise UserError(f"--run-dir {run_dir} is a file, not a folder; choose another --run-dir")
+    if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
+        raise UserError(f"{run_dir} already holds a run; continue it with --resume {os.path.join(run_dir, 'checkpoint.pt')}, "
+                        "or choose another --run-dir")
+    if set(os.listdir(run_dir)) - {RUN_LOCK}:
+        raise UserError(f"{run_dir} is not empty, and a run writes only into a new or empty folder (or its own); "
+                        "choose another --run-dir")
+
+
+RUN_LOCK = "run.lock"  # the file whose lock a run holds on its folder
+
+
+def what_is_kept(run_dir: str) -> str:
+    checkpoint = os.path.join(run_dir, "checkpoint.pt")
+    return f"the last checkpoint, {checkpoint}, is intact" if os.path.exists(checkpoint) else "no checkpoint had been written yet"
+
+
+def hold_run_dir(run_dir: str) -> typing.Optional[typing.IO]:
+    """Hold run_dir for this process: an exclusive flock on its run.lock, which the kernel
+    releases when the process ends, however it ends (SIGKILL, a power cut: no stale lock to
+    clean up), or when the returned file is closed. The file names the holder, for the line
+    that refuses a second run. Where the file system cannot lock (no fcntl on Windows; NFS
+    without a lock service; Lustre mounted without flock), a note says so and None comes
+    back: the run goes on, unguarded."""
+    path = os.path.join(run_dir, RUN_LOCK)
+    try:
+        import fcntl
+    except ImportError:
+        say(f"note: this system has no flock, so nothing keeps a second run out of {run_dir}; give each run its own --run-dir")
+        return None
+    try:
+        hold = open(path, "a+")
     except OSError as error:
-        raise UserError(f"cannot create the run folder {run_dir} ({error.strerror}); choose another --run-dir") from None
-    return run_dir, True
+        raise RunFolderUnwritable(f"cannot write {path} ({error.strerror}); {what_is_kept(run_dir)}; "
+                                  "free some space or choose another --run-dir") from None
+    try:
+        fcntl.flock(hold, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        hold.seek(0)
+        holder = hold.read().strip() or "another process"
+        hold.close()
+        raise UserError(f"{run_dir} is in use by {holder}; wait for that run to end, "
+                        "or choose another --run-dir") from None
+    except OSError as error:
+        hold.close()
+        say(f"note: the file system of {run_dir} cannot lock files ({error.strerror}), so nothing keeps a second run "
+            "out of it; give each run its own --run-dir")
+        return None
+    hold.seek(0)
+    hold.truncate()
+    hold.write(f"process {os.getpid()} on {platform.node()}\n")
+    hold.flush()
+    return hold
 
 
 METRIC_COLUMNS = ("iteration", "global_step", "wall_seconds", "mean_return", "episodes", *UPDATE_DIAGNOSTICS,
@@ -1828,8 +1900,7 @@ class RunFolder:
                                       "free some space or choose another --run-dir") from None
 
     def kept(self) -> str:
-        return (f"the last checkpoint, {self.checkpoint_path}, is intact" if os.path.exists(self.checkpoint_path)
-                else "no checkpoint had been written yet")
+        return what_is_kept(self.run_dir)
 
     def open(self, keep_iterations: typing.Optional[int]) -> None:
         with self.writes():
@@ -2198,14 +2269,22 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
         if importlib.util.find_spec("PIL") is None or version_of("pillow") < (10, 1):
             raise UserError("ppo.py draws each run's learning-curve.png with Pillow 10.1 or newer: pip install -r requirements.txt")
         check_memory(config, device)
-        run_dir, created = on_rank_0(claim_run_dir, config, resume) or (None, False)
-        run_dir = from_rank_0(run_dir)
+        run_dir, created, hold = on_rank_0(claim_run_dir, config, resume) or (None, False, None)
+        run_dir = from_rank_0(run_dir)  # rank 0 holds the folder for the job
         try:
+            if resume and os.path.exists(resume) and checkpoint_stamp(resume) != checkpoint["stamp"]:
+                checkpoint = load_checkpoint(resume)  # written by a run that ended while this one waited to hold the folder
+                check_compatible(checkpoint, config, resume)
             return run(config, device, run_dir, checkpoint, resume)
         except BaseException:
-            if created and not os.listdir(run_dir):  # never leave an empty run folder behind
+            if created and set(os.listdir(run_dir)) <= {RUN_LOCK}:  # never leave an empty run folder behind
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(run_dir, RUN_LOCK))
                 os.rmdir(run_dir)
             raise
+        finally:
+            if hold:
+                hold.close()  # the folder is free again
 
 
 def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.Optional[dict], resume: typing.Optional[str]) -> dict:

@@ -160,7 +160,7 @@ def test_watch_says_why_it_cannot_open_a_window(tmp_path, monkeypatch, capsys):
 
 def test_run_folder_holds_the_config_the_metrics_and_the_checkpoint(tmp_path):
     ppo.ppo(cartpole(tmp_path, total_steps=1024))
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "config.json", "learning-curve.png", "metrics.csv"]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "config.json", "learning-curve.png", "metrics.csv", "run.lock"]
     import json
     assert json.loads((tmp_path / "config.json").read_text())["env"] == "CartPole"
 
@@ -432,4 +432,4 @@ def test_resume_from_inside_the_run_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert ppo.main(["--resume", "checkpoint.pt", "--total-steps", "2048", "--learning-rate", "1e-3"]) == 0
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["iteration"] == 4
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "config.json", "learning-curve.png", "metrics.csv"]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "config.json", "learning-curve.png", "metrics.csv", "run.lock"]

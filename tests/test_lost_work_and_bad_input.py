@@ -99,6 +99,106 @@ def test_a_checkpoint_that_is_not_its_folders_checkpoint_pt_needs_a_run_dir(tmp_
     assert iterations_in(tmp_path / "r" / "metrics.csv") == [3, 4]
 
 
+# One run folder, one process ----------------------------------------------------------------
+
+def test_a_folder_held_by_a_run_is_refused_in_one_line_naming_the_holder(tmp_path, capsys):
+    """A run (here this process, holding the folder as a run does) keeps a fresh run and a
+    resume out of its folder, with nothing written; once it lets go, the resume goes on."""
+    ppo.ppo(cartpole(tmp_path / "run", total_steps=1024))
+    capsys.readouterr()
+    hold = ppo.hold_run_dir(str(tmp_path / "run"))
+    before = hashes(tmp_path)
+    try:
+        assert ppo.main(["--resume", str(tmp_path / "run" / "checkpoint.pt"), "--total-steps", "2048", "--learning-rate", "1e-3"]) == 2
+        one_error_line(capsys, f"{tmp_path / 'run'} is in use by process {os.getpid()} on ")
+        assert ppo.main(["--run-dir", str(tmp_path / "run"), "--seed", "2"]) == 2
+        one_error_line(capsys, f"{tmp_path / 'run'} already holds a run")  # checked before its lock is asked for
+        assert hashes(tmp_path) == before
+    finally:
+        hold.close()
+    assert ppo.main(["--resume", str(tmp_path / "run" / "checkpoint.pt"), "--total-steps", "2048", "--learning-rate", "1e-3"]) == 0
+
+
+def test_an_empty_folder_held_by_a_starting_run_is_refused(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    hold = ppo.hold_run_dir(str(tmp_path / "run"))  # a run that holds the folder and has written nothing else yet
+    try:
+        assert ppo.main(["--run-dir", str(tmp_path / "run"), "--total-steps", "1024"]) == 2
+        one_error_line(capsys, f"{tmp_path / 'run'} is in use by process {os.getpid()}")
+        assert os.listdir(tmp_path / "run") == ["run.lock"]
+    finally:
+        hold.close()
+    assert ppo.main(["--run-dir", str(tmp_path / "run"), "--total-steps", "1024"]) == 0  # the lock file of a run that wrote nothing
+
+
+def ppo_process(*arguments):
+    return subprocess.Popen([sys.executable, "ppo.py", *arguments], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def one_trains_and_one_is_refused(processes, run_dir):
+    """Of two runs aimed at one folder, one trains and says where it saved; the other stops
+    with one line before it trains and says nothing was saved."""
+    outputs = [process.communicate(timeout=300) for process in processes]
+    codes = [process.returncode for process in processes]
+    assert sorted(codes) == [0, 2], outputs
+    winner = codes.index(0)
+    (winner_out, _), (loser_out, loser_err) = outputs[winner], outputs[1 - winner]
+    assert f"checkpoint saved to {run_dir / 'checkpoint.pt'}" in winner_out
+    assert "saved" not in loser_out and "iter" not in loser_out, loser_out
+    assert loser_err.startswith("error: ") and loser_err.count("\n") == 1 and str(run_dir) in loser_err, loser_err
+    return winner
+
+
+@pytest.mark.long
+def test_two_fresh_runs_started_at_once_with_one_run_dir_leave_one_run_and_one_refusal(tmp_path):
+    run_dir = tmp_path / "run"
+    processes = [ppo_process("--run-dir", str(run_dir), "--seed", str(seed), "--total-steps", "20480", "--target-return", "none")
+                 for seed in (1, 2)]
+    winner = one_trains_and_one_is_refused(processes, run_dir)
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["config"]["seed"] == (1, 2)[winner] and checkpoint["iteration"] == 40  # the run that trained is what is there
+    assert len(iterations_in(run_dir / "metrics.csv")) == 40
+
+
+@pytest.mark.long
+def test_two_resumes_of_one_checkpoint_started_at_once_leave_one_run_and_one_refusal(tmp_path):
+    run_dir = tmp_path / "run"
+    ppo.ppo(cartpole(run_dir, total_steps=2048, save_every=50))
+    resume = ["--resume", str(run_dir / "checkpoint.pt"), "--total-steps", "40960", "--learning-rate", "1e-3"]
+    one_trains_and_one_is_refused([ppo_process(*resume), ppo_process(*resume)], run_dir)
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["iteration"] == 80
+    assert iterations_in(run_dir / "metrics.csv") == list(range(1, 81))
+
+
+def wait_for_rows(process, metrics_csv, rows):
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if metrics_csv.exists() and len(metrics_csv.read_text().splitlines()) > rows:
+            return
+        time.sleep(0.05)
+    raise AssertionError(process.communicate()[1][-2000:])
+
+
+@pytest.mark.long
+def test_a_run_killed_with_sigkill_resumes_at_once_and_a_checkpoint_evaluates_during_training(tmp_path):
+    """The kernel releases the lock of a killed process: no stale lock to clean up. While a
+    run trains, --eval reads its last checkpoint (written atomically)."""
+    run_dir = tmp_path / "run"
+    training = ppo_process("--run-dir", str(run_dir), "--total-steps", "10000000", "--target-return", "none", "--save-every", "1")
+    wait_for_rows(training, run_dir / "metrics.csv", 3)
+    evaluation = subprocess.run([sys.executable, "ppo.py", "--eval", str(run_dir / "checkpoint.pt"), "--episodes", "2"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert evaluation.returncode == 0 and "return over 2 episodes" in evaluation.stdout, evaluation.stderr
+    assert training.poll() is None
+    training.send_signal(signal.SIGKILL)
+    training.wait()
+    resumed = subprocess.run([sys.executable, "ppo.py", "--resume", str(run_dir / "checkpoint.pt"), "--total-steps", "10240"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"checkpoint saved to {run_dir / 'checkpoint.pt'}" in resumed.stdout
+
+
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = ppo.make_config("CartPole")
