@@ -479,13 +479,12 @@ class PPOBuffer:
         return advantages, advantages + self.values
 
     def flatten_valid(self, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The batch of real transitions: every (T, N, ...) array as (B, ...)."""
-        valid = torch.from_numpy(self.valid).to(self.device)
-        return {
-            "observations": self.observations[valid], "actions": self.actions[valid],
-            "log_probs": self.log_probs[valid], "values": self.values[valid], "old_distributions": self.old_distributions[valid],
-            "advantages": advantages[valid], "returns": returns[valid],
-        }
+        """The batch of real transitions: every (T, N, ...) array as (B, ...), gathered by
+        their positions (a boolean mask would make a GPU wait to learn B, once per array)."""
+        valid = torch.from_numpy(np.flatnonzero(self.valid)).to(self.device)  # (B,): positions in the (T * N) rollout
+        arrays = {"observations": self.observations, "actions": self.actions, "log_probs": self.log_probs, "values": self.values,
+                  "old_distributions": self.old_distributions, "advantages": advantages, "returns": returns}
+        return {name: array.flatten(0, 1)[valid] for name, array in arrays.items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -662,7 +661,10 @@ class CategoricalActor(nn.Module):
         return torch.log_softmax(self.logits_net(features), dim=-1)  # (B, num_actions): log pi(.|s)
 
     def sample(self, log_pi):
-        return torch.multinomial(log_pi.exp(), num_samples=1).squeeze(-1)  # (B,)
+        probabilities = log_pi.exp()  # checked first: on a GPU, multinomial's own check is an assert that ends CUDA for the process
+        if not torch.isfinite(probabilities).all():
+            raise PolicyDiverged
+        return torch.multinomial(probabilities, num_samples=1).squeeze(-1)  # (B,)
 
     def log_prob(self, log_pi, actions):
         return log_pi.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # (B,): log pi(a|s)
@@ -1054,6 +1056,12 @@ def process_group(device: torch.device):
         yield device
         return
     if device.type == "cuda":
+        if device.index is not None:
+            raise UserError(f"--device {device}: under torchrun each process uses GPU LOCAL_RANK of its machine; give --device cuda")
+        processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        if processes_here > torch.cuda.device_count():  # every rank sees the same numbers, so every rank stops alike
+            raise UserError(f"torchrun started {processes_here} processes on this machine, which has {torch.cuda.device_count()} "
+                            f"GPUs: one GPU each is needed; give --nproc-per-node {torch.cuda.device_count()} or fewer")
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     try:  # gloo moves CPU tensors (and the normalizers' statistics under CUDA), NCCL GPU tensors
@@ -1338,8 +1346,8 @@ def check_memory(config: Config, device: torch.device) -> None:
                         "lower --num-envs, --num-steps or --hidden-sizes")
 
 
-def resolve_device(name: str, precision: str = "float32") -> torch.device:
-    """The torch device of --device, checked to exist and to run the chosen --precision."""
+def resolve_device(name: str) -> torch.device:
+    """The torch device of --device, checked to exist."""
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -1350,10 +1358,28 @@ def resolve_device(name: str, precision: str = "float32") -> torch.device:
         raise UserError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices; use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device {name!r} is not supported; use cpu or cuda")
-    if precision == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():  # before Ampere
-        raise UserError(f"--precision bfloat16: {torch.cuda.get_device_name(device)} has no bfloat16 arithmetic; "
-                        "use --precision float32")
     return device
+
+
+def device_is_here(name: str) -> bool:
+    """Whether this machine has the device a checkpoint was trained on."""
+    device = torch.device(name)
+    return device.type == "cpu" or (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count())
+
+
+def note_missing_device(path: str, trained_on: str) -> None:
+    if not device_is_here(trained_on):
+        say(f"note: {path} was trained on {trained_on}, which this machine does not have; running on the CPU (--device chooses)")
+
+
+def check_precision(device: torch.device, precision: str) -> None:
+    """Raise UserError where --precision bfloat16 meets a GPU without bfloat16 arithmetic:
+    compute capability below 8.0 (before Ampere), asked of the GPU itself, since
+    torch.cuda.is_bf16_supported() also says True where bfloat16 is only emulated (V100, T4)."""
+    if precision == "bfloat16" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
+        capability = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        raise UserError(f"--precision bfloat16: {torch.cuda.get_device_name(device)} (compute capability {capability}) has no "
+                        "bfloat16 arithmetic, which needs 8.0 (Ampere) or newer; use --precision float32")
 
 
 # ---------------------------------------------------------------------------------------
@@ -1680,6 +1706,10 @@ class TrainingDiverged(Exception):
     """A loss or weight became NaN or infinite."""
 
 
+class PolicyDiverged(Exception):
+    """The policy's action probabilities became NaN or infinite (CategoricalActor.sample)."""
+
+
 class RunFolderUnwritable(Exception):
     """Writing into the run folder failed: a full disk, a read-only or vanished folder."""
 
@@ -1961,7 +1991,7 @@ class StopSignals:
 
 def all_finite(agent: nn.Module, diagnostics: dict) -> bool:
     losses_finite = all(math.isfinite(diagnostics[name]) for name in ("policy_loss", "value_loss", "entropy"))
-    return losses_finite and all(bool(torch.isfinite(weight).all()) for weight in agent.parameters())
+    return losses_finite and bool(torch.stack([torch.isfinite(weight).all() for weight in agent.parameters()]).all())  # one wait for a GPU
 
 
 # The learning curve: metrics.csv drawn as learning-curve.png, redrawn with checkpoints
@@ -2259,7 +2289,8 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
     Started by torchrun with K processes, each is one rank of a data-parallel run
     (section 11): rank 0 alone claims the run folder, writes to it and prints.
     """
-    with process_group(resolve_device(config.device, config.precision)) as device:
+    with process_group(resolve_device(config.device)) as device:
+        check_precision(device, config.precision)  # of this rank's GPU under torchrun
         check_split(config)
         checkpoint = load_checkpoint(resume) if resume else None
         if checkpoint:
@@ -2343,11 +2374,9 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
                         break
                     if learner.iterations_done % config.save_every == 0:
                         on_rank_0(folder.save, checkpoint_state(learner, config, global_step, recent_returns, schedule_start, device), False)
-            except RuntimeError as error:  # torch.multinomial on probabilities that overflowed
-                if "probability tensor contains" not in str(error):
-                    raise
-                raise folder.divergence_error(learner.iterations_done + 1, "the policy's probabilities became NaN or infinite "
-                                                             f"({str(error).splitlines()[0]})") from None
+            except PolicyDiverged:  # logits that overflowed: no probabilities to sample from
+                raise folder.divergence_error(learner.iterations_done + 1,
+                                              "the policy's probabilities became NaN or infinite") from None
             # Never reached after a divergence: the last good checkpoint stays.
             on_rank_0(folder.save, checkpoint_state(learner, config, global_step, recent_returns, schedule_start, device), True)
     finally:
@@ -2547,12 +2576,13 @@ def show_and_keep(envs: gym.vector.VectorEnv, raw: np.ndarray, window: typing.Op
         pictures.append(Image.fromarray(now).quantize(256, method=Image.Quantize.FASTOCTREE))  # 5x faster than median cut
 
 
-def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu", record: typing.Optional[str] = None,
+def evaluate(path: str, episodes: int, watch: bool = False, device: typing.Optional[str] = None, record: typing.Optional[str] = None,
              max_episode_steps: typing.Optional[int] = None) -> tuple[float, float]:
     """Run `episodes` episodes with the deterministic policy (argmax or mean action) of a
     checkpoint; normalization statistics are the saved ones and are not updated. `watch`
     shows them in a window, `record` writes them to a GIF file, and both show what
-    `picture` draws; `max_episode_steps` ends each episode after that many steps."""
+    `picture` draws; `max_episode_steps` ends each episode after that many steps. On the
+    CPU unless `device` says otherwise."""
     if episodes <= 0:
         raise UserError(f"--episodes must be a positive integer, got {episodes}")
     if max_episode_steps is not None and max_episode_steps <= 0:
@@ -2567,7 +2597,10 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: str = "cpu",
                             "or --eval with --record agent.gif to see them")
         if importlib.util.find_spec("pygame") is None:
             raise UserError("--watch needs pygame to draw the window: pip install pygame")
-    torch_device = resolve_device(device, config.precision)
+    if device is None:
+        note_missing_device(path, config.device)
+    torch_device = resolve_device(device or "cpu")
+    check_precision(torch_device, config.precision)
     single_spaces(config)  # the environment can be made here, and the networks take its spaces
     shown_pictures = watch or record is not None
     if shown_pictures and is_mujoco(config.env_id) and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
@@ -2802,7 +2835,7 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
             raise UserError("--record and --max-episode-steps go with --eval or --watch CHECKPOINT")
         if eval_path or watch_path:
             try:
-                mean, std = evaluate(eval_path or watch_path, episodes, watch=bool(watch_path), device=arguments.get("device", "cpu"),
+                mean, std = evaluate(eval_path or watch_path, episodes, watch=bool(watch_path), device=arguments.get("device"),
                                      record=record, max_episode_steps=max_episode_steps)
             except KeyboardInterrupt:
                 print("evaluation stopped", file=sys.stderr)
@@ -2813,6 +2846,9 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
             return 0
         if resume:
             saved = load_checkpoint(resume)["config"]
+            if "device" not in arguments and not device_is_here(saved.device):
+                note_missing_device(resume, saved.device)
+                arguments["device"] = "cpu"
             # The run continues beside its checkpoint (wherever it was moved), unless --run-dir says otherwise.
             config = dataclasses.replace(saved, **{"run_dir": None, **arguments})
         else:

@@ -245,15 +245,78 @@ def test_cuda_without_cuda_is_refused(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
-def test_bfloat16_on_a_gpu_without_it_is_refused(tmp_path, capsys, monkeypatch):
+def pretend_gpus(monkeypatch, capabilities):
+    """CUDA with GPUs of these compute capabilities, as far as ppo.py asks before it allocates."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
-    assert ppo.main(["--env", "Pong", "--device", "cuda", "--precision", "bfloat16", "--run-dir", str(tmp_path / "run")]) == 2
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
+    def index(device):
+        return torch.device(device).index or 0 if device is not None else 0
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capabilities[index(device)])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU {index(device)}")
+
+
+def test_bfloat16_on_a_gpu_without_it_is_refused(tmp_path, capsys, monkeypatch):
+    """The check asks the compute capability of the GPU named (cuda:1 here), not whether
+    bfloat16 can be emulated (torch.cuda.is_bf16_supported says True on a V100)."""
+    pretend_gpus(monkeypatch, [(8, 0), (7, 0)])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert ppo.main(["--env", "Pong", "--device", "cuda:1", "--precision", "bfloat16", "--run-dir", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: --precision bfloat16: Tesla V100 has no bfloat16 arithmetic; use --precision float32"]
+        "error: --precision bfloat16: GPU 1 (compute capability 7.0) has no bfloat16 arithmetic, which needs 8.0 (Ampere) "
+        "or newer; use --precision float32"]
     assert not (tmp_path / "run").exists()
+    assert ppo.check_precision(torch.device("cuda", 0), "bfloat16") is None  # GPU 0 has it
+
+
+def under_torchrun(monkeypatch, processes_here, processes=None):
+    monkeypatch.setenv("WORLD_SIZE", str(processes or processes_here))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes_here))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+
+
+def test_torchrun_with_more_processes_than_gpus_is_one_line(tmp_path, capsys, monkeypatch):
+    pretend_gpus(monkeypatch, [(8, 0), (8, 0)])
+    under_torchrun(monkeypatch, 4)
+    assert ppo.main(["--device", "cuda", "--run-dir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: torchrun started 4 processes on this machine, which has 2 GPUs: one GPU each is needed; "
+        "give --nproc-per-node 2 or fewer"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_gpu_named_under_torchrun_is_refused(tmp_path, capsys, monkeypatch):
+    pretend_gpus(monkeypatch, [(8, 0), (8, 0)])
+    under_torchrun(monkeypatch, 2)
+    assert ppo.main(["--device", "cuda:1", "--run-dir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --device cuda:1: under torchrun each process uses GPU LOCAL_RANK of its machine; give --device cuda"]
+
+
+def checkpoint_trained_on(tmp_path, device):
+    """A checkpoint whose config says it was trained on this device."""
+    metrics = ppo.ppo(ppo.make_config("CartPole", total_steps=1024, target_return=None, run_dir=str(tmp_path / "run")))
+    checkpoint = torch.load(metrics["checkpoint"], weights_only=True)
+    checkpoint["config"]["device"] = device
+    torch.save(checkpoint, metrics["checkpoint"])
+    return metrics["checkpoint"]
+
+
+def test_a_checkpoint_of_a_gpu_resumes_and_evaluates_on_the_cpu_of_a_machine_without_one(tmp_path, capsys, monkeypatch):
+    path = checkpoint_trained_on(tmp_path, "cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    capsys.readouterr()
+    note = f"note: {path} was trained on cuda:1, which this machine does not have; running on the CPU (--device chooses)"
+    assert ppo.main(["--resume", path, "--total-steps", "2048", "--learning-rate", "1e-3"]) == 0
+    output = capsys.readouterr()
+    assert note in output.out.splitlines() and output.err == ""
+    assert torch.load(path, weights_only=True)["config"]["device"] == "cpu"
+    for action in (["--eval", path], ["--eval", path, "--record", str(tmp_path / "episode.gif")]):
+        torch.save({**torch.load(path, weights_only=True), "config": {**torch.load(path, weights_only=True)["config"], "device": "cuda:1"}}, path)
+        assert ppo.main([*action, "--episodes", "1"]) == 0
+        assert note in capsys.readouterr().out.splitlines()
+    assert ppo.main(["--resume", path, "--total-steps", "3072", "--learning-rate", "1e-3", "--device", "cuda"]) == 2  # unless --device says otherwise
+    assert "--device cuda: CUDA is not available here" in capsys.readouterr().err
 
 
 def test_atari_without_ale_py_gives_the_install_hint(tmp_path, capsys, monkeypatch):
