@@ -18,6 +18,7 @@ requirement of the project: pip install stable-baselines3.
 Run from the repository root:
     python tests/benchmark.py --env CartPole --seeds 1-20
     python tests/benchmark.py --env CartPole --seeds 1-20 --peer sb3
+    python tests/benchmark.py --env CartPole --seeds 101-120 --peer sb3 --peer-steps 150000   # ppo.py's budget for both
     python tests/benchmark.py --env Pendulum --seeds 1-10 --peer sb3
     python tests/benchmark.py --env Acrobot-v1 --seeds 1,2,5 --threshold -100
     python tests/benchmark.py --env CartPole --seeds 1-5 -- --learning-rate 1e-3   # flags after -- go to ppo.py
@@ -201,7 +202,7 @@ def zoo_value(value):
     return value
 
 
-def train_sb3(env_name: str, seed: int, torch_threads: int) -> None:
+def train_sb3(env_name: str, seed: int, torch_threads: int, total_timesteps: int) -> None:
     """Stable-Baselines3's PPO with the zoo's hyperparameters for env_name.
 
     Imported here: only this child needs them, and stable-baselines3 is optional.
@@ -215,7 +216,9 @@ def train_sb3(env_name: str, seed: int, torch_threads: int) -> None:
     torch.set_num_threads(torch_threads)
     env_id, zoo = ZOO_PPO[env_name]
     settings = {key: zoo_value(value) for key, value in zoo.items()}
-    num_envs, total_timesteps, policy = settings.pop("n_envs"), settings.pop("n_timesteps"), settings.pop("policy")
+    num_envs, policy = settings.pop("n_envs"), settings.pop("policy")
+    total_timesteps = total_timesteps or settings.pop("n_timesteps")
+    settings.pop("n_timesteps", None)
     envs = make_vec_env(env_id, n_envs=num_envs, seed=seed)
     model = PPO(policy, envs, seed=seed, device="cpu", **settings)
     model.learn(total_timesteps=total_timesteps)
@@ -223,14 +226,15 @@ def train_sb3(env_name: str, seed: int, torch_threads: int) -> None:
 
 def run_child(arguments: list[str]) -> None:
     """`benchmark.py --child LOG LAUNCHED_AT PROGRAM ARGS...`: PROGRAM is a Python file,
-    run with ARGS as its command line, or `sb3` with ARGS `ENV SEED TORCH_THREADS`."""
+    run with ARGS as its command line, or `sb3` with ARGS `ENV SEED TORCH_THREADS STEPS`
+    (STEPS 0: the zoo's budget)."""
     log_path, launched_at, program, *program_arguments = arguments
     log = EpisodeLog(log_path, float(launched_at))
     install_recorder(log)
     try:
         if program == "sb3":
-            env_name, seed, torch_threads = program_arguments
-            train_sb3(env_name, int(seed), int(torch_threads))
+            env_name, seed, torch_threads, steps = program_arguments
+            train_sb3(env_name, int(seed), int(torch_threads), int(steps))
         else:
             run_script(program, program_arguments)
     finally:
@@ -277,7 +281,7 @@ def program_arguments(implementation: str, settings: argparse.Namespace, seed: i
     if implementation == "ppo":
         run_dir = os.path.join(folder, f"ppo-run-{seed}")
         return [PPO_PROGRAM, "--env", settings.env, "--seed", str(seed), "--run-dir", run_dir, *settings.ppo_flags]
-    return ["sb3", settings.env, str(seed), str(settings.peer_threads)]
+    return ["sb3", settings.env, str(seed), str(settings.peer_threads), str(settings.peer_steps or 0)]
 
 
 def run_seed(implementation: str, seed: int, settings: argparse.Namespace, folder: str) -> Outcome:
@@ -395,7 +399,8 @@ def describe_program(implementation: str, settings: argparse.Namespace) -> str:
     if implementation == "ppo":
         return shlex.join(["python", "ppo.py", "--env", settings.env, "--seed", "SEED", "--run-dir", "TEMPORARY", *settings.ppo_flags])
     env_id, zoo = ZOO_PPO[settings.env]
-    hyperparameters = " ".join(f"{key}={value}" for key, value in zoo.items())
+    hyperparameters = " ".join(f"{key}={settings.peer_steps if key == 'n_timesteps' and settings.peer_steps else value}"
+                               for key, value in zoo.items())
     return (f"stable_baselines3.PPO {package_version('stable-baselines3')} on make_vec_env({env_id!r}, seed=SEED), "
             f"rl-baselines3-zoo hyperparams/ppo.yml {env_id}: {hyperparameters}; device cpu")
 
@@ -445,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--window", type=int, default=100, help="finished episodes in that mean (default 100)")
     parser.add_argument("--peer", choices=["sb3"], help="also run Stable-Baselines3 with rl-zoo's hyperparameters, seed by seed")
     parser.add_argument("--peer-threads", type=int, default=1, help="torch threads of the peer (default 1, as ppo.py's CartPole and Pendulum presets)")
+    parser.add_argument("--peer-steps", type=int, help="the peer's step budget (default: the zoo's n_timesteps); "
+                        "ppo.py's CartPole preset trains for 150000")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1); above 1 the wall times are not a timing")
     parser.add_argument("--label", help="a word added to the names of the files written, e.g. before")
     parser.add_argument("ppo_flags", nargs="*", metavar="-- PPO_FLAGS", help="further flags for ppo.py, after --")
@@ -458,8 +465,8 @@ def check_settings(settings: argparse.Namespace) -> None:
         if settings.env not in DEFAULT_THRESHOLDS:
             raise ValueError(f"no default threshold for {settings.env}: give --threshold")
         settings.threshold = DEFAULT_THRESHOLDS[settings.env]
-    if settings.window < 1 or settings.jobs < 1 or settings.peer_threads < 1:
-        raise ValueError("--window, --jobs and --peer-threads must be at least 1")
+    if settings.window < 1 or settings.jobs < 1 or settings.peer_threads < 1 or (settings.peer_steps is not None and settings.peer_steps < 1):
+        raise ValueError("--window, --jobs, --peer-threads and --peer-steps must be at least 1")
     if settings.peer == "sb3" and settings.env not in ZOO_PPO:
         raise ValueError(f"--peer sb3 knows rl-zoo's hyperparameters for {' and '.join(ZOO_PPO)} only, not {settings.env}")
     if settings.peer == "sb3" and importlib.util.find_spec("stable_baselines3") is None:

@@ -27,6 +27,9 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark import cpu_family_and_model, cpu_model, machine_line, slug  # noqa: E402  (beside this file)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
@@ -45,14 +48,6 @@ def seed_list(text: str) -> list[int]:
         first, _, last = part.partition("-")
         seeds += list(range(int(first), int(last or first) + 1))
     return seeds
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as file:
-        for line in file:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def run(env: str, setting: str, seed: int, folder: str) -> dict:
@@ -105,10 +100,11 @@ def main() -> None:
         jobs = [(setting, seed) for seed in arguments.seeds for setting in SETTINGS]
         results = list(pool.map(lambda job: run(arguments.env, job[0], job[1], folder), jobs))
     os.makedirs(RESULTS, exist_ok=True)
-    cpu = cpu_model()
-    path = os.path.join(RESULTS, f"objectives-{arguments.env}-{'-'.join(cpu.split()[:2])}.csv")
+    path = os.path.join(RESULTS, f"objectives-{arguments.env}-{slug(cpu_model())}-{cpu_family_and_model()}.csv")
     with open(path, "w", newline="") as file:
-        file.write(f"# command: python tests/compare_objectives.py {' '.join(sys.argv[1:])}\n# cpu: {cpu}\n")
+        file.write(f"# command: python tests/compare_objectives.py {' '.join(sys.argv[1:])}\n# {machine_line()}\n"
+                   "# final_mean_return: of the last 100 training episodes at the end of the preset's budget; "
+                   "steps_to_threshold: metrics.csv's global_step at the first iteration whose mean reached the threshold\n")
         writer = csv.writer(file)
         writer.writerow(["setting", "seed", "final_mean_return", "steps_to_threshold", "total_steps"])
         for result in results:
