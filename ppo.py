@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import ctypes
 import dataclasses
@@ -157,7 +158,8 @@ def learn(config: Config, learner: typing.Optional[Learner] = None) -> typing.It
     """Train with PPO for config.num_iterations iterations, the learning rate annealed; yield
     each iteration's diagnostics, among them the returns of the episodes that ended in it:
         for diagnostics in learn(make_config("CartPole")): print(diagnostics["episode_returns"])
-    A resumed run (Part II) hands in its restored learner, which knows its iterations done."""
+    A resumed run (Part II) hands in its learner, which knows its iterations done. Under
+    torchrun, `ppo()` (Part II) runs it on every rank."""
     built = learner is None  # then learn() owns the environments, and closes them
     learner = build_learner(config, torch.device(config.device)) if built else learner
     try:
@@ -275,8 +277,7 @@ def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str
         loss = ppo_loss(policy_loss, critic_loss, entropy, config.vf_coef, config.ent_coef)
         optimizer.zero_grad()
         loss.backward()
-        # Not in the paper: its code (OpenAI baselines) clips the gradient's global norm.
-        nn.utils.clip_grad_norm_(weights, config.max_grad_norm, foreach=True)
+        nn.utils.clip_grad_norm_(weights, config.max_grad_norm, foreach=True)  # not in the paper; its code (OpenAI baselines) clips
         optimizer.step()
         totals += torch.stack((policy_loss, critic_loss, entropy, kl,
                                clip_fraction(new_log_probs, old_log_probs, config.clip_coef))).detach()
@@ -1363,13 +1364,19 @@ def resolve_device(name: str) -> torch.device:
 
 def device_is_here(name: str) -> bool:
     """Whether this machine has the device a checkpoint was trained on."""
-    device = torch.device(name)
-    return device.type == "cpu" or (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count())
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return True  # not a device at all: resolve_device refuses it in one line
+    return device.type != "cuda" or (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count())
 
 
-def note_missing_device(path: str, trained_on: str) -> None:
-    if not device_is_here(trained_on):
-        say(f"note: {path} was trained on {trained_on}, which this machine does not have; running on the CPU (--device chooses)")
+def note_missing_device(path: str, trained_on: str) -> bool:
+    """Say so, and return True, where this machine lacks the device a checkpoint was trained on."""
+    if device_is_here(trained_on):
+        return False
+    say(f"note: {path} was trained on {trained_on}, which this machine does not have; running on the CPU (--device chooses)")
+    return True
 
 
 def check_precision(device: torch.device, precision: str) -> None:
@@ -1656,13 +1663,14 @@ def restore_learner(learner: Learner, checkpoint: dict, path: str, config: Confi
 def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float]:
     """Where the learning-rate decay of a resumed run starts. The same run continued keeps
     its schedule. With more (or fewer) --total-steps, the rate goes on from the value it
-    had, decaying to 0 at the new end; with a new --learning-rate, it starts from that."""
+    had, decaying to 0 at the new end; with a new --learning-rate, it starts from that.
+    Without annealing (--no-anneal-lr) the rate is --learning-rate throughout."""
     saved_config, saved = checkpoint["config"], checkpoint["schedule_start"]
     start = (saved["iteration"], saved["learning_rate"])
     if config.learning_rate != saved_config.learning_rate:
         return checkpoint["iteration"], config.learning_rate
     if config.num_iterations != saved_config.num_iterations or config.anneal_lr != saved_config.anneal_lr:
-        rate = annealed_learning_rate(config_for_schedule(saved_config, start), checkpoint["iteration"])
+        rate = scheduled_rate(saved_config, start, checkpoint["iteration"])
         if config.anneal_lr and rate == 0 and checkpoint["iteration"] < config.num_iterations:
             raise UserError(f"this run's learning rate had decayed to 0 when it was saved, so more --total-steps "
                             f"alone would not train; also give a --learning-rate (it began at {saved_config.learning_rate:g})")
@@ -1670,19 +1678,31 @@ def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float
     return start
 
 
+def scheduled_rate(config: Config, schedule_start: tuple[int, float], iteration: int) -> float:
+    """The learning rate at an iteration of a schedule that decays linearly from
+    schedule_start's rate at its iteration to 0 after config's last; past that last
+    iteration, the start's rate."""
+    start_iteration, rate = schedule_start
+    if not config.anneal_lr:
+        return config.learning_rate
+    if config.num_iterations <= start_iteration:
+        return rate
+    return rate * (1.0 - (iteration - start_iteration) / (config.num_iterations - start_iteration))
+
+
 def config_for_schedule(config: Config, schedule_start: tuple[int, float]) -> Config:
-    """The config `learn` anneals from: config, with the learning rate at which a linear decay
-    that has schedule_start's rate at its iteration and reaches 0 after the last iteration
-    begins. A fresh run, or one continued as it was: config itself."""
+    """The config `learn` anneals from (Part I's `annealed_learning_rate`, from
+    config.learning_rate at iteration 0): config, with the learning rate at which a linear
+    decay that passes through schedule_start and reaches 0 after the last iteration begins,
+    so that it gives `scheduled_rate` at every iteration still to run. A fresh run, or one
+    continued as it was: config itself. That starting rate is no hyperparameter anyone
+    typed (it may exceed the bound of --learning-rate), so it is set without validation."""
     iteration, rate = schedule_start
     if (iteration == 0 and rate == config.learning_rate) or not config.anneal_lr or iteration >= config.num_iterations:
         return config  # the rate of a run without annealing is config's; one past its end trains no more
-    start = rate * config.num_iterations / (config.num_iterations - iteration)
-    if start > 1:
-        raise UserError(f"going on from a learning rate of {rate:g} at iteration {iteration} to 0 at iteration "
-                        f"{config.num_iterations} is the decay of one that began at {start:g}, above 1; "
-                        "give more --total-steps or a lower --learning-rate")
-    return dataclasses.replace(config, learning_rate=start)
+    schedule = copy.copy(config)
+    object.__setattr__(schedule, "learning_rate", rate * config.num_iterations / (config.num_iterations - iteration))
+    return schedule
 
 
 # ---------------------------------------------------------------------------------------
@@ -1774,10 +1794,10 @@ def claim_run_dir(config: Config, resume: typing.Optional[str]) -> tuple[str, bo
                         "resume it into a new folder with --run-dir")
     if not config.run_dir and not resume:
         run_dir = make_default_run_dir(config)
-        return run_dir, True, hold_run_dir(run_dir)
+        return run_dir, True, name_holder(hold_run_dir(run_dir))
     run_dir = config.run_dir or own
     if own is not None and os.path.realpath(run_dir) == os.path.realpath(own):
-        return run_dir, False, hold_run_dir(run_dir)
+        return run_dir, False, name_holder(hold_run_dir(run_dir))
     created = False
     if os.path.exists(run_dir):
         check_new_or_empty(run_dir)  # before run.lock is made in it: never into a folder of other files
@@ -1796,7 +1816,7 @@ def claim_run_dir(config: Config, resume: typing.Optional[str]) -> tuple[str, bo
         if hold:
             hold.close()
         raise
-    return run_dir, created, hold
+    return run_dir, created, name_holder(hold)
 
 
 def check_new_or_empty(run_dir: str) -> None:
@@ -1823,8 +1843,8 @@ def what_is_kept(run_dir: str) -> str:
 def hold_run_dir(run_dir: str) -> typing.Optional[typing.IO]:
     """Hold run_dir for this process: an exclusive flock on its run.lock, which the kernel
     releases when the process ends, however it ends (SIGKILL, a power cut: no stale lock to
-    clean up), or when the returned file is closed. The file names the holder, for the line
-    that refuses a second run. Where the file system cannot lock (no fcntl on Windows; NFS
+    clean up), or when the returned file is closed; `name_holder` then writes this process
+    into it, for the line that refuses a second run. Where the file system cannot lock (no fcntl on Windows; NFS
     without a lock service; Lustre mounted without flock), a note says so and None comes
     back: the run goes on, unguarded."""
     path = os.path.join(run_dir, RUN_LOCK)
@@ -1851,10 +1871,16 @@ def hold_run_dir(run_dir: str) -> typing.Optional[typing.IO]:
         say(f"note: the file system of {run_dir} cannot lock files ({error.strerror}), so nothing keeps a second run "
             "out of it; give each run its own --run-dir")
         return None
-    hold.seek(0)
-    hold.truncate()
-    hold.write(f"process {os.getpid()} on {platform.node()}\n")
-    hold.flush()
+    return hold
+
+
+def name_holder(hold: typing.Optional[typing.IO]) -> typing.Optional[typing.IO]:
+    """Write this process into the run.lock it holds, once the folder is known to be its run's."""
+    if hold:
+        hold.seek(0)
+        hold.truncate()
+        hold.write(f"process {os.getpid()} on {platform.node()}\n")
+        hold.flush()
     return hold
 
 
@@ -2303,15 +2329,15 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
         run_dir, created, hold = on_rank_0(claim_run_dir, config, resume) or (None, False, None)
         run_dir = from_rank_0(run_dir)  # rank 0 holds the folder for the job
         try:
-            if resume and os.path.exists(resume) and checkpoint_stamp(resume) != checkpoint["stamp"]:
-                checkpoint = load_checkpoint(resume)  # written by a run that ended while this one waited to hold the folder
-                check_compatible(checkpoint, config, resume)
+            if resume and (not os.path.exists(resume) or checkpoint_stamp(resume) != checkpoint["stamp"]):
+                raise UserError(f"{resume} was replaced while this run started (by a run that has ended since); "
+                                "run the command again to resume from the new one")
             return run(config, device, run_dir, checkpoint, resume)
         except BaseException:
-            if created and set(os.listdir(run_dir)) <= {RUN_LOCK}:  # never leave an empty run folder behind
-                with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # the error that stopped the run is the one to report
+                if created and set(os.listdir(run_dir)) <= {RUN_LOCK}:  # never leave an empty run folder behind
                     os.remove(os.path.join(run_dir, RUN_LOCK))
-                os.rmdir(run_dir)
+                    os.rmdir(run_dir)
             raise
         finally:
             if hold:
@@ -2375,8 +2401,10 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
                     if learner.iterations_done % config.save_every == 0:
                         on_rank_0(folder.save, checkpoint_state(learner, config, global_step, recent_returns, schedule_start, device), False)
             except PolicyDiverged:  # logits that overflowed: no probabilities to sample from
-                raise folder.divergence_error(learner.iterations_done + 1,
-                                              "the policy's probabilities became NaN or infinite") from None
+                where = f" on rank {rank()}" if world_size() > 1 else ""  # found by this rank alone: it says so itself
+                error = folder.divergence_error(learner.iterations_done + 1, f"the policy's probabilities became NaN or infinite{where}")
+                error.this_rank_alone = world_size() > 1
+                raise error from None
             # Never reached after a divergence: the last good checkpoint stays.
             on_rank_0(folder.save, checkpoint_state(learner, config, global_step, recent_returns, schedule_start, device), True)
     finally:
@@ -2846,8 +2874,7 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
             return 0
         if resume:
             saved = load_checkpoint(resume)["config"]
-            if "device" not in arguments and not device_is_here(saved.device):
-                note_missing_device(resume, saved.device)
+            if "device" not in arguments and note_missing_device(resume, saved.device):
                 arguments["device"] = "cpu"
             # The run continues beside its checkpoint (wherever it was moved), unless --run-dir says otherwise.
             config = dataclasses.replace(saved, **{"run_dir": None, **arguments})
@@ -2855,7 +2882,7 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
             config = make_config(**arguments)
         metrics = ppo(config, resume=resume)
     except (UserError, TrainingDiverged, RunFolderUnwritable) as error:
-        if is_first_process():  # under torchrun every rank has the same error; rank 0 says it
+        if is_first_process() or getattr(error, "this_rank_alone", False):  # else every rank has the same error; rank 0 says it
             print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UserError) else 1
     except KeyboardInterrupt:

@@ -106,7 +106,7 @@ def test_a_folder_held_by_a_run_is_refused_in_one_line_naming_the_holder(tmp_pat
     resume out of its folder, with nothing written; once it lets go, the resume goes on."""
     ppo.ppo(cartpole(tmp_path / "run", total_steps=1024))
     capsys.readouterr()
-    hold = ppo.hold_run_dir(str(tmp_path / "run"))
+    hold = ppo.name_holder(ppo.hold_run_dir(str(tmp_path / "run")))
     before = hashes(tmp_path)
     try:
         assert ppo.main(["--resume", str(tmp_path / "run" / "checkpoint.pt"), "--total-steps", "2048", "--learning-rate", "1e-3"]) == 2
@@ -121,7 +121,7 @@ def test_a_folder_held_by_a_run_is_refused_in_one_line_naming_the_holder(tmp_pat
 
 def test_an_empty_folder_held_by_a_starting_run_is_refused(tmp_path, capsys):
     (tmp_path / "run").mkdir()
-    hold = ppo.hold_run_dir(str(tmp_path / "run"))  # a run that holds the folder and has written nothing else yet
+    hold = ppo.name_holder(ppo.hold_run_dir(str(tmp_path / "run")))  # a run that holds the folder and has written nothing else yet
     try:
         assert ppo.main(["--run-dir", str(tmp_path / "run"), "--total-steps", "1024"]) == 2
         one_error_line(capsys, f"{tmp_path / 'run'} is in use by process {os.getpid()}")
@@ -461,6 +461,22 @@ def test_more_total_steps_on_resume_continue_the_learning_rate_without_a_jump(tm
     ppo.ppo(cartpole(tmp_path, total_steps=6144, learning_rate=1e-3), resume=first["checkpoint"])
     rates = [float(line.split(",")[column]) for line in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
     assert rates[8:] == pytest.approx([1e-3 * (1 - j / 4) for j in range(4)])
+
+
+def test_a_resumed_schedule_gives_learn_the_rates_it_had_past_its_end_and_above_any_flag_bound(tmp_path):
+    """config_for_schedule hands Part I's annealing (from learning_rate at iteration 0) a
+    starting rate that reproduces the resumed schedule; that rate is no flag anyone typed, so
+    it may exceed 1 (a new --learning-rate 0.1 at the last of 17 iterations begins at 1.7)."""
+    config = cartpole(tmp_path, total_steps=17 * 512)  # 17 iterations
+    schedule = ppo.config_for_schedule(config, (16, 0.1))
+    assert schedule.learning_rate == pytest.approx(1.7) and ppo.annealed_learning_rate(schedule, 16) == pytest.approx(0.1)
+    assert ppo.scheduled_rate(config, (16, 0.1), 16) == pytest.approx(0.1)
+    halfway = ppo.config_for_schedule(config, (8, 1e-3))
+    for iteration in range(8, 17):
+        assert ppo.annealed_learning_rate(halfway, iteration) == pytest.approx(ppo.scheduled_rate(config, (8, 1e-3), iteration))
+    shorter = cartpole(tmp_path, total_steps=4 * 512)  # a run saved at iteration 8 of a schedule now 4 long keeps its rate
+    assert ppo.scheduled_rate(shorter, (8, 1e-3), 8) == 1e-3
+    assert ppo.config_for_schedule(config, (0, config.learning_rate)) is config
 
 
 def test_ctrl_c_during_eval_says_evaluation_stopped(tmp_path, capsys, monkeypatch):
