@@ -925,7 +925,7 @@ class RewardScaler:
 # their share of every batch. They stay one learner this way: DistributedDataParallel gives
 # every rank rank 0's weights at the start and averages the gradients over ranks at every
 # backward pass; the --target-kl early stop and the KL penalty's beta use the mean KL of all
-# ranks (`mean_over_ranks`, the one call in Part I's update); the normalizers merge every
+# ranks (`mean_over_ranks`, called once in Part I's update, once in ppo_iteration); the normalizers merge every
 # rank's statistics; and `run` joins each iteration's figures (`over_all_ranks`): steps,
 # episodes, diagnostics. docs/distributed.md says how this differs from one process with
 # the same total batch. In one process each function here does what that process would do

@@ -37,6 +37,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def logits_that_overflow_after_the_first_update(monkeypatch):
+    """Each update ends with the last layer of the categorical actor at 3e38: the weights are
+    finite, but the next rollout's logits overflow to inf, and its probabilities are NaN."""
+    original_update = ppo.update
+
+    def update_then_blow_up(agent, *arguments):
+        losses = original_update(agent, *arguments)
+        with torch.no_grad():
+            agent.actor.logits_net[-1].weight.fill_(3e38)
+        return losses
+
+    monkeypatch.setattr(ppo, "update", update_then_blow_up)
+
+
 @pytest.fixture(autouse=True)
 def torch_threads(request, monkeypatch):
     threads = request.config.getoption("--torch-threads")
