@@ -204,3 +204,24 @@ def test_the_readmes_map_of_part_one_follows_ppo_py():
         assert following.startswith(("# ----", "# ====")), (section, following)
     match = re.search(r"\*\*Part II, running it as a tool\*\* \(lines (\d+)-(\d+)\)", read("README.md"))
     assert match and source[int(match[1])] == "# PART II. RUNNING IT AS A TOOL" and int(match[2]) == len(source), match
+
+
+def test_every_test_the_docs_name_exists():
+    """docs/guarantees.md and docs/testing.md name the tests that hold each promise: each
+    named test is a test function in tests/."""
+    defined = set()
+    for path in glob.glob(os.path.join(ROOT, "tests", "test_*.py")):
+        defined |= set(re.findall(r"^def (test_\w+)\(", read(os.path.relpath(path, ROOT)), re.MULTILINE))
+    named = {name for doc in ("docs/guarantees.md", "docs/testing.md") for name in re.findall(r"`(test_\w+)`", read(doc))}
+    assert named, "the docs name no test"
+    assert not named - defined, f"tests named in the docs that tests/ does not define: {sorted(named - defined)}"
+
+
+def test_the_docs_say_no_gpu_has_run_exactly_while_tests_results_holds_no_gpu_row():
+    """Until python tests/gpu_check.py has written a row in tests/results, the front page says
+    that no GPU has run ppo.py; once one is there, that sentence must go."""
+    gpu_rows = glob.glob(os.path.join(ROOT, "tests", "results", "gpu-check-*.csv"))
+    says_none = "No GPU has run ppo.py yet" in read("README.md")
+    assert says_none == (not gpu_rows), (
+        f"tests/results holds {gpu_rows}: say what the GPU row shows in README.md and docs/" if gpu_rows
+        else "README.md should say that no GPU has run ppo.py yet, while tests/results holds no GPU row")

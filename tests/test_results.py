@@ -5,6 +5,7 @@ import csv
 import glob
 import importlib.util
 import os
+import re
 import shutil
 
 import pytest
@@ -55,3 +56,16 @@ def test_a_figure_edited_by_hand_is_named_by_the_check(tmp_path, monkeypatch, ca
     assert module.main() == 1
     error = capsys.readouterr().err
     assert error.startswith("error: README.md differs from its results files at line") and "median 1" in error, error
+
+
+def test_the_readmes_benchmark_command_writes_the_files_the_table_reads():
+    """The README gives the command that made the CartPole rows; run again, it must write
+    the files results_table.py reads (benchmark.py puts --label in the file names)."""
+    module = results_table()
+    with open(os.path.join(module.ROOT, "README.md")) as file:
+        readme = " ".join(file.read().split())
+    command = re.search(r"python tests/benchmark\.py --env CartPole --seeds ([\d,-]+) --peer sb3 --peer-steps \d+ --label ([\w.-]+)", readme)
+    assert command, "README.md gives no tests/benchmark.py command with --label for the CartPole rows"
+    seeds, label = command[1].replace(",", "-"), command[2]
+    for name in (module.CARTPOLE_PPO, module.CARTPOLE_SB3):
+        assert f"-CartPole-seeds{seeds}-{label}-" in name, (name, seeds, label)
