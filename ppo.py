@@ -21,20 +21,19 @@ Run:
     torchrun --standalone --nproc-per-node 2 ppo.py --env CartPole   # 2 processes, data-parallel
 From Python: `for diagnostics in learn(make_config("CartPole")): print(diagnostics["episode_returns"])`.
 
-Part I is the algorithm, in the order it runs: 1 configuration, 2 the training loop
-(`learn`), 3 one iteration, 4 the update, 5 the losses, 6 GAE and the rollout buffer, 7 the
-runner and the environments, 8 actors and critic, 9 networks. A reader who stops there has
-read all of PPO. Part II runs it as a tool: 10 running normalization for continuous
-control, 11 several processes (torchrun), 12 checking the input, 13 checkpoints, 14 the run
-folder, its log and pictures, 15 `ppo()`, a run from start to stop, 16 evaluation and
-recordings, 17 the command line.
+Part I is the algorithm, in the order it runs: 1 the training loop (`learn`, PPO's
+Algorithm 1, and one iteration), 2 the rollout, 3 the advantages (GAE and the buffer), 4 the
+update, 5 its losses, 6 actors and critic, 7 networks. A reader who stops there has read all
+of PPO. Part II runs it as a tool: 8 the configuration, 9 the learner's parts (environments,
+networks, optimizer), 10 running normalization for continuous control, 11 several processes
+(torchrun), 12 checking the input, 13 checkpoints, 14 the run folder, its log and pictures,
+15 `ppo()`, a run from start to stop, 16 evaluation and recordings, 17 the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import csv
 import ctypes
 import dataclasses
@@ -68,10 +67,611 @@ from torch import nn
 # =======================================================================================
 # PART I. THE ALGORITHM
 # =======================================================================================
+# Algorithm 1 of the PPO paper (section 1), then each phase as it runs: the rollout (2), the
+# advantages (3), the update (4) and its losses (5); then the actors and critic (6), networks (7).
 
 # ---------------------------------------------------------------------------------------
-# 1. Configuration
+# 1. The training loop
 # ---------------------------------------------------------------------------------------
+# PPO [Algorithm 1]:
+#     for iteration = 1, 2, ...
+#         run the policy pi_theta_old in N environments for T steps      (section 2)
+#         compute the advantage estimates A_1, ..., A_T                    (section 3)
+#         optimize the surrogate L wrt theta, K epochs of minibatches     (sections 4, 5)
+#         theta_old <- theta
+
+
+def learn(config: Config) -> typing.Iterator[dict]:
+    """Train for config.num_iterations iterations; yield each one's diagnostics, among them
+    the returns of the episodes that ended in it. The algorithm alone, in one process:
+    `ppo()` (section 15) runs these iterations with checkpoints, torchrun and bfloat16."""
+    learner = build_learner(config, torch.device(config.device))  # section 9: the parts below
+    try:
+        for iteration in range(config.num_iterations):
+            learning_rate = annealed_learning_rate(config, iteration)
+            diagnostics = ppo_iteration(learner, config, learning_rate)
+            yield {"iteration": iteration + 1, "learning_rate": learning_rate, **diagnostics}
+    finally:
+        learner.envs.close()
+
+
+def ppo_iteration(learner: Learner, config: Config, learning_rate: float) -> dict:
+    """Run the policy for T steps in N environments, estimate advantages with GAE, optimize
+    for K epochs; return the steps taken, the ended episodes' returns and the diagnostics."""
+    for group in learner.optimizer.param_groups:
+        group["lr"] = learning_rate
+    episode_returns, last_values = learner.runner.collect(learner.agent, learner.buffer)
+    advantages, value_targets = learner.buffer.advantages_and_value_targets(last_values, config.gamma,
+                                                                            config.gae_lambda)
+    batch = learner.buffer.flatten_valid(advantages, value_targets)
+    kl_coef, mean_over_processes = learner.kl_coef, learner.mean_over_processes
+    diagnostics = update(learner.agent, learner.optimizer, batch, config, kl_coef, mean_over_processes)
+    if config.objective == "kl-penalty":  # beta follows d, the KL this update reached [PPO sec. 4]
+        mean_kl = mean_over_processes(policy_kl(learner.agent, batch).mean())
+        learner.kl_coef = adapted_kl_coef(kl_coef, mean_kl, config.kl_penalty_target)
+    return {"environment_steps": batch["advantages"].shape[0], "episode_returns": episode_returns,
+            **diagnostics, "explained_variance": explained_variance(batch["old_values"], batch["value_targets"]),
+            **({"kl_coef": kl_coef} if config.objective == "kl-penalty" else {})}
+
+
+def annealed_learning_rate(config: Config, iteration: int, start: typing.Optional[tuple] = None) -> float:
+    """alpha, decayed linearly to 0 after the last iteration as in the PPO paper's Atari setting
+    (the clip range is not annealed): from config.learning_rate at iteration 0, or from start =
+    (iteration, rate) where a resumed run given another length took it up (section 13)."""
+    if not config.anneal_lr:
+        return config.learning_rate
+    start_iteration, rate = start or (0, config.learning_rate)
+    if start_iteration >= config.num_iterations:  # resumed past its last iteration: no decay left
+        return rate
+    return rate * (1.0 - (iteration - start_iteration) / (config.num_iterations - start_iteration))
+
+
+@dataclass
+class Learner:
+    """What PPO keeps from one iteration to the next."""
+    envs: gym.vector.VectorEnv
+    agent: ActorCritic
+    optimizer: torch.optim.Adam
+    buffer: PPOBuffer
+    runner: Runner
+    kl_coef: float  # beta, adapted after each iteration (kl-penalty objective)
+    # A one-number tensor's value; under torchrun its mean over all processes (section 11).
+    mean_over_processes: typing.Callable[[torch.Tensor], float]
+
+
+# ---------------------------------------------------------------------------------------
+# 2. The rollout
+# ---------------------------------------------------------------------------------------
+# The first phase: pi_theta_old acts for T steps in N environments (made in section 9).
+
+
+class Runner:
+    """Steps N environments with the current policy to fill a PPOBuffer; keeps what carries over
+    between rollouts: observations, unfinished episodes' scores, normalizers (section 10)."""
+
+    def __init__(self, envs: gym.vector.VectorEnv, config: Config, device: torch.device, reset_seed: int,
+                 observation_normalizer, reward_scaler):
+        self.envs, self.config, self.device = envs, config, device
+        self.continuous = isinstance(envs.single_action_space, gym.spaces.Box)
+        if self.continuous:
+            self.action_low = torch.as_tensor(envs.single_action_space.low, device=device)
+            self.action_high = torch.as_tensor(envs.single_action_space.high, device=device)
+        self.observation_normalizer, self.reward_scaler = observation_normalizer, reward_scaler
+        self.returns_so_far = np.zeros(envs.num_envs)  # (N,): each current episode's game score
+        self.autoreset = np.zeros(envs.num_envs, dtype=bool)  # (N,): where the next step resets
+        self.raw_observations, _ = envs.reset(seed=reset_seed)  # (N, *obs_shape)
+        self.observations = self.network_input(self.raw_observations)
+
+    def network_input(self, raw: np.ndarray) -> torch.Tensor:
+        """Environment arrays -> what the networks see, on the device."""
+        if self.observation_normalizer:
+            raw = self.observation_normalizer(raw)
+        return observation_tensor(raw, self.device)
+
+    @torch.no_grad()
+    def collect(self, agent: ActorCritic, buffer: PPOBuffer) -> tuple[list[float], torch.Tensor]:
+        """Fill the buffer with T steps; return the episodes' returns and V(s_T) (N,)."""
+        episode_returns, arrived = [], []
+        for t in range(self.config.num_steps):
+            actions = agent.act(self.observations)  # (N, *action_shape)
+            # The buffer keeps the sampled action; what is sent is clipped to the action space.
+            sent = actions.clamp(self.action_low, self.action_high) if self.continuous else actions
+            raw_next, rewards, terminated, truncated, _ = self.envs.step(sent.cpu().numpy())
+            valid = ~self.autoreset  # the step after an ending only resets: no transition
+            episode_ended = terminated | truncated
+            self.returns_so_far += rewards
+            episode_returns += self.returns_so_far[episode_ended].tolist()
+            self.returns_so_far[episode_ended] = 0.0
+            if self.config.clip_rewards:
+                rewards = np.sign(rewards)
+            buffer.store(t, self.observations, actions, rewards, terminated, truncated, valid)
+            self.raw_observations, self.autoreset = raw_next, episode_ended
+            self.observations = self.network_input(raw_next)
+            if self.observation_normalizer:
+                arrived.append(raw_next)
+        old_policy = evaluate_rollout(agent, buffer.observations.flatten(0, 1), buffer.actions.flatten(0, 1),
+                                      self.config.minibatch_size)  # of the T * N steps
+        buffer.store_old_policy(*old_policy)
+        last_values = agent.value(self.observations)  # (N,): V(s_T), normalized as the rollout was
+        # The normalizers learn from the whole rollout, after it (section 10).
+        if self.reward_scaler:
+            buffer.rewards[:] = self.reward_scaler(buffer.rewards, buffer.episode_ended > 0, buffer.valid)
+        if self.observation_normalizer:
+            self.observation_normalizer.statistics.update(np.concatenate(arrived))
+            self.observations = self.network_input(self.raw_observations)  # for the next rollout
+        return episode_returns, last_values
+
+
+@torch.no_grad()
+def evaluate_rollout(agent: ActorCritic, observations, actions, chunk_size: int) -> tuple:
+    """log pi_old(a|s) (B,), V(s) (B,) and pi_old(.|s)'s parameters (B, P) of B samples, a
+    minibatch's worth at a time: the weights have not moved since the actions were chosen."""
+    chunks = zip(observations.split(chunk_size), actions.split(chunk_size))
+    outputs = [agent(some_observations, some_actions) for some_observations, some_actions in chunks]
+    log_probs, _, values, actor_outputs = (torch.cat(column) for column in zip(*outputs))
+    return log_probs, values, agent.actor.distribution_parameters(actor_outputs)
+
+
+def observation_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Frames (N, 3, H, W) stay uint8 until the device (FramePreStacking converts them)."""
+    return torch.as_tensor(array, dtype=torch.uint8 if array.ndim == 4 else torch.float32, device=device)
+
+
+# ---------------------------------------------------------------------------------------
+# 3. The advantages: GAE and the rollout buffer
+# ---------------------------------------------------------------------------------------
+# The second phase: from the stored rollout, the advantages A_t and value targets R_t.
+
+
+class PPOBuffer:
+    """One rollout of T steps from N environments, stored as (T, N, ...) arrays.
+
+    The environments reset in NEXT_STEP mode: the step that ends an episode returns its
+    real final observation, and the next call only resets (its action ignored, its reward
+    0). So obs[t + 1] after an ending at t is the final observation, whose value is the
+    V(final observation) that truncation needs; the reset step, no transition, is invalid.
+    """
+
+    def __init__(self, num_steps: int, num_envs: int, observation_space, action_space, device: torch.device):
+        discrete = isinstance(action_space, gym.spaces.Discrete)
+        frames = torch.uint8 if len(observation_space.shape) == 3 else torch.float32  # stay uint8
+        shape = (num_steps, num_envs)
+        self.observations = torch.zeros(shape + observation_space.shape, dtype=frames, device=device)  # (T, N, *obs)
+        self.actions = torch.zeros(shape + action_space.shape, dtype=torch.int64 if discrete else torch.float32,
+                                   device=device)  # (T, N, *action)
+        # What the policy that collected the rollout says of it (`store_old_policy`): (T, N, ...)
+        self.old_log_probs = torch.zeros(shape, device=device)  # log pi_old(a_t|s_t)
+        self.old_values = torch.zeros(shape, device=device)  # V(s_t)
+        parameters = int(action_space.n) if discrete else 2 * action_space.shape[0]  # P
+        self.old_distribution_parameters = torch.zeros(shape + (parameters,), device=device)  # pi_old(.|s_t)
+        # Written from the environment's numpy arrays, moved to the device once per rollout.
+        self.rewards = np.zeros(shape, dtype=np.float32)  # (T, N)
+        self.terminated = np.zeros(shape, dtype=np.float32)  # (T, N)
+        self.episode_ended = np.zeros(shape, dtype=np.float32)  # (T, N): terminated or truncated
+        self.valid = np.zeros(shape, dtype=bool)  # (T, N): False on autoreset steps
+        self.device = device
+
+    def store(self, t, observations, actions, rewards, terminated, truncated, valid):
+        self.observations[t] = observations
+        self.actions[t] = actions
+        self.rewards[t] = rewards
+        self.terminated[t] = terminated
+        self.episode_ended[t] = terminated | truncated
+        self.valid[t] = valid
+
+    def store_old_policy(self, log_probs, values, distribution_parameters):
+        """What the collecting policy says of the T * N steps, as observations.flatten(0, 1)."""
+        shape = self.valid.shape
+        self.old_log_probs, self.old_values = log_probs.view(shape), values.view(shape)
+        self.old_distribution_parameters = distribution_parameters.view(*shape, -1)
+
+    def advantages_and_value_targets(self, last_values, gamma: float, gae_lambda: float) -> tuple:
+        """GAE advantages and the value targets R_t = A_t + V(s_t), both (T, N)."""
+        next_values = torch.cat((self.old_values[1:], last_values.unsqueeze(0)))  # (T, N): V(s_t+1)
+        rewards, terminated, ended = (torch.from_numpy(array).to(self.device)
+                                      for array in (self.rewards, self.terminated, self.episode_ended))
+        advantages = generalized_advantages(rewards, self.old_values, next_values, terminated, ended, gamma,
+                                            gae_lambda)
+        return advantages, advantages + self.old_values
+
+    def flatten_valid(self, advantages, value_targets) -> dict[str, torch.Tensor]:
+        """The real transitions, each (T, N, ...) array as (B, ...), gathered by position (a
+        boolean mask would make a GPU wait to learn B, once per array)."""
+        valid = torch.from_numpy(np.flatnonzero(self.valid)).to(self.device)  # (B,) of T * N slots
+        arrays = {"observations": self.observations, "actions": self.actions,
+                  "old_log_probs": self.old_log_probs, "old_values": self.old_values,
+                  "old_distribution_parameters": self.old_distribution_parameters,
+                  "advantages": advantages, "value_targets": value_targets}
+        return {name: array.flatten(0, 1)[valid] for name, array in arrays.items()}
+
+
+def generalized_advantages(rewards, values, next_values, terminated, episode_ended, gamma, gae_lambda):
+    """GAE(gamma, lambda) advantages of a rollout; every argument is (T, N).
+
+    next_values[t] is V(s_{t+1}), the value of the state that really followed step t: the
+    final observation of the episode when it ended at t, never a reset observation.
+        delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)                     [PPO eq. 12]
+        A_t     = sum_l (gamma * lambda)^l * delta_{t+l}                [GAE eq. 16]
+                = delta_t + gamma * lambda * A_{t+1}    (computed backwards)
+    PPO eq. 11 is this sum cut at the rollout's end; its last exponent, printed T-t+1, is T-t-1.
+    After `terminated` (the pole fell) the episode has no future: V(s_{t+1}) counts as 0.
+    After a truncation (a time limit) it has one, unseen: delta_t bootstraps from V(final
+    observation). Either way the sum stops there: A_{t+1} belongs to another episode.
+    """
+    deltas = rewards + gamma * next_values * (1.0 - terminated) - values  # (T, N): every delta_t
+    decays = gamma * gae_lambda * (1.0 - episode_ended)  # (T, N): 0 where the episode ended at t
+    advantages = torch.zeros_like(rewards)
+    next_advantage = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        next_advantage = deltas[t] + decays[t] * next_advantage
+        advantages[t] = next_advantage
+    return advantages
+
+
+# ---------------------------------------------------------------------------------------
+# 4. The update
+# ---------------------------------------------------------------------------------------
+# The third phase: K epochs of minibatch gradient steps on the losses of section 5.
+
+UPDATE_DIAGNOSTICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+
+
+def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict, config: Config, kl_coef: float,
+           mean_over_processes=torch.Tensor.item) -> dict[str, float]:
+    """K epochs of shuffled minibatch steps on -L^{CLIP+VF+S} [PPO Algorithm 1], or with the
+    KL penalty of weight kl_coef (beta) in place of L^CLIP; returns the diagnostics' means over
+    all the steps taken. With target_kl the whole update (not just the epoch) ends at the first
+    minibatch whose policy has moved further than that from the one that collected the data."""
+    weights = list(agent.parameters())  # listed once: agent.parameters() walks every module
+    device = batch["advantages"].device
+    totals = torch.zeros(len(UPDATE_DIAGNOSTICS), device=device)  # (5,): summed over the steps
+    gradient_steps = 0
+    for indices in shuffled_minibatches(batch["advantages"].shape[0], device, config):
+        new_log_probs, entropy, new_values, actor_output = agent(batch["observations"][indices],
+                                                                 batch["actions"][indices])
+        old_log_probs, advantages = batch["old_log_probs"][indices], batch["advantages"][indices]
+        sampled_kl = approx_kl(new_log_probs.detach(), old_log_probs)
+        if config.target_kl is not None and mean_over_processes(sampled_kl) > config.target_kl:
+            break  # early stop: the policy moved far enough
+        if config.normalize_advantages:
+            advantages = normalize(advantages, config.advantage_std_floor)
+        if config.objective == "clip":
+            policy_loss = clipped_surrogate_loss(new_log_probs, old_log_probs, advantages, config.clip_coef)
+        else:
+            old_parameters = batch["old_distribution_parameters"][indices]
+            exact_kl = agent.actor.kl_divergence(old_parameters, actor_output)
+            policy_loss = kl_penalty_loss(new_log_probs, old_log_probs, advantages, exact_kl, kl_coef)
+        critic_loss = value_loss(new_values, batch["value_targets"][indices])
+        # With c2 = 0 the entropy is only a diagnostic: detached, backward skips its graph.
+        entropy = entropy.mean() if config.ent_coef > 0 else entropy.detach().mean()
+        loss = ppo_loss(policy_loss, critic_loss, entropy, config.vf_coef, config.ent_coef)
+        optimizer.zero_grad()
+        loss.backward()
+        # Not in the paper: OpenAI baselines ppo2 clips the gradient's norm (at 0.5); ppo1 does not.
+        nn.utils.clip_grad_norm_(weights, config.max_grad_norm, foreach=True)
+        optimizer.step()
+        clipped = clip_fraction(new_log_probs, old_log_probs, config.clip_coef)
+        totals += torch.stack((policy_loss, critic_loss, entropy, sampled_kl, clipped)).detach()
+        gradient_steps += 1
+    steps = max(gradient_steps, 1)
+    return {name: total / steps for name, total in zip(UPDATE_DIAGNOSTICS, totals.tolist())}
+
+
+def shuffled_minibatches(size: int, device: torch.device, config: Config) -> typing.Iterator:
+    """The indices of each minibatch of K epochs, each epoch a new random order of the batch."""
+    for _ in range(config.update_epochs):
+        yield from torch.tensor_split(torch.randperm(size, device=device), config.num_minibatches)
+
+
+# ---------------------------------------------------------------------------------------
+# 5. The losses
+# ---------------------------------------------------------------------------------------
+# What `update` minimizes, each term a small pure function; then the diagnostics it logs.
+
+
+def clipped_surrogate_loss(new_log_probs, old_log_probs, advantages, clip_coef):
+    """-L^CLIP, to be minimized.
+        r_t(theta) = pi_theta(a_t|s_t) / pi_theta_old(a_t|s_t)    [PPO sec. 3, above eq. 6]
+        L^CLIP     = E_t[ min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t) ]      [PPO eq. 7]
+    The minimum makes the objective a pessimistic bound: once r_t has moved past the clip
+    range in the direction the advantage favours, the gradient is exactly zero.
+    """
+    ratio = torch.exp(new_log_probs - old_log_probs)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_coef, 1.0 + clip_coef) * advantages
+    return -torch.min(unclipped, clipped).mean()
+
+
+def kl_penalty_loss(new_log_probs, old_log_probs, advantages, exact_kl, kl_coef):
+    """-L^KLPEN, to be minimized.
+        L^KLPEN = E_t[ r_t A_t - beta KL[pi_old(.|s_t), pi_theta(.|s_t)] ]      [PPO eq. 8]
+    The clip needs only log pi_old(a_t|s_t); the KL sums (or integrates) over every action, so it
+    needs the whole old distribution: the batch keeps its `distribution_parameters` (section 6).
+    """
+    ratio = torch.exp(new_log_probs - old_log_probs)
+    return -(ratio * advantages).mean() + kl_coef * exact_kl.mean()
+
+
+@torch.no_grad()
+def policy_kl(agent: ActorCritic, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The exact KL[pi_old(.|s_t), pi_theta(.|s_t)] of every sample of the batch (B,)."""
+    actor_output = agent.actor(agent.encoder(batch["observations"]))
+    return agent.actor.kl_divergence(batch["old_distribution_parameters"], actor_output)
+
+
+def adapted_kl_coef(kl_coef: float, mean_kl: float, kl_target: float) -> float:
+    """beta for the next iteration, from d, the mean KL the last update reached [PPO sec. 4]:
+    halve beta if d < d_targ / 1.5, double it if d > 1.5 d_targ, keep it otherwise."""
+    if mean_kl < kl_target / 1.5:
+        return kl_coef / 2
+    if mean_kl > kl_target * 1.5:
+        return kl_coef * 2
+    return kl_coef
+
+
+def value_loss(values, value_targets):
+    """(V_theta(s_t) - V_t^targ)^2 / 2, the squared-error term L^VF of [PPO eq. 9], halved;
+    not clipped as OpenAI baselines ppo2 clips it, which is not in the paper and which Engstrom
+    et al. (2020) and Andrychowicz et al. (2021) found does not help and can hurt."""
+    return 0.5 * ((values - value_targets) ** 2).mean()
+
+
+def ppo_loss(policy_loss, critic_loss, entropy, vf_coef, ent_coef):
+    """-L^{CLIP+VF+S} = -L^CLIP + c1 L^VF - c2 S[pi]                          [PPO eq. 9]
+    (with the KL penalty, -L^KLPEN in place of -L^CLIP). critic_loss is L^VF / 2, so vf_coef is
+    2 c1: the usual 0.5 is c1 = 0.25, as in OpenAI baselines ppo2 and the Atari settings here;
+    the paper's Atari table gives c1 = 1 (vf_coef 2), as ppo1, its MuJoCo code, weights it."""
+    return policy_loss + vf_coef * critic_loss - ent_coef * entropy
+
+
+def normalize(advantages, std_floor):
+    """Zero mean, unit std over a minibatch: not in the paper, but in OpenAI baselines (ppo2 per
+    minibatch, ppo1 per batch), so the step size ignores the reward scale. Near-constant returns
+    leave advantages of the critic's noise: a std_floor keeps them small, not scaled up."""
+    return (advantages - advantages.mean()) / (torch.clamp(advantages.std(), min=std_floor) + 1e-8)
+
+
+def approx_kl(new_log_probs, old_log_probs):
+    """KL(pi_old || pi_new) estimated as E[(r - 1) - log r] over actions drawn from pi_old:
+    unbiased, never negative (Schulman 2020, "Approximating KL Divergence", estimator k3)."""
+    log_ratio = new_log_probs - old_log_probs
+    return (torch.exp(log_ratio) - 1.0 - log_ratio).mean()
+
+
+def clip_fraction(new_log_probs, old_log_probs, clip_coef):
+    """Share of samples whose ratio is outside [1 - eps, 1 + eps]."""
+    return ((torch.exp(new_log_probs - old_log_probs) - 1.0).abs() > clip_coef).float().mean()
+
+
+def explained_variance(values, value_targets):
+    """1 - Var[R - V] / Var[R]: 1 for a perfect critic, 0 for a constant; nan if R is constant."""
+    variance = value_targets.var(dim=0)
+    unexplained = (value_targets - values).var(dim=0)
+    return float("nan") if variance == 0 else float(1.0 - unexplained / variance)
+
+
+# ---------------------------------------------------------------------------------------
+# 6. Actors and critic
+# ---------------------------------------------------------------------------------------
+# The agent the runner samples from and the update trains: an actor, the policy pi(a|s), and a
+# critic, V(s). An actor's output for a state is log pi(.|s) (B, A) for A discrete actions, the
+# mean (B, D) for D continuous ones; its methods are the distribution's math, checked against
+# torch.distributions by the tests. distribution_parameters fix pi(.|s) whole: (B, P).
+
+
+class ActorCritic(nn.Module):
+    """An actor and a critic on one encoder: the identity for vectors, a cnn for images."""
+
+    def __init__(self, encoder: nn.Module, actor: nn.Module, critic: Critic):
+        super().__init__()
+        self.encoder, self.actor, self.critic = encoder, actor, critic
+
+    def forward(self, observations: torch.Tensor, actions: torch.Tensor) -> tuple:
+        """Under the current weights: log pi(a|s) (B,), entropy (B,), V(s) (B,), actor output."""
+        features = self.encoder(observations)
+        actor_output = self.actor(features)
+        log_probs = self.actor.log_prob(actor_output, actions)
+        return log_probs, self.actor.entropy(actor_output), self.critic(features), actor_output
+
+    def act(self, observations: torch.Tensor) -> torch.Tensor:
+        """Actions for a batch of states; log-probs and values come later (`evaluate_rollout`)."""
+        return self.actor.sample(self.actor(self.encoder(observations)))
+
+    def value(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.critic(self.encoder(observations))
+
+
+class CategoricalActor(nn.Module):
+    """Discrete actions: pi(a|s) = softmax(logits(s))_a."""
+
+    def __init__(self, logits_net: nn.Module):
+        super().__init__()
+        self.logits_net = logits_net
+
+    def forward(self, features):
+        return torch.log_softmax(self.logits_net(features), dim=-1)  # (B, A): log pi(.|s)
+
+    def sample(self, log_pi):
+        # Logits that overflowed give NaN probabilities: read as 1, so that sampling goes on (a
+        # GPU's multinomial would end the process), and the run stops after the update (section 14).
+        return torch.multinomial(log_pi.exp().nan_to_num(1.0), num_samples=1).squeeze(-1)  # (B,)
+
+    def log_prob(self, log_pi, actions):
+        return log_pi.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # (B,): log pi(a|s)
+
+    def entropy(self, log_pi):
+        return -(log_pi.exp() * log_pi).sum(dim=-1)  # H = -sum_a pi(a) log pi(a)
+
+    def distribution_parameters(self, log_pi):
+        return log_pi  # (B, A): the whole distribution
+
+    def kl_divergence(self, old_log_pi, log_pi):
+        return categorical_kl(old_log_pi, log_pi)
+
+
+class GaussianActor(nn.Module):
+    """Continuous actions: a diagonal Gaussian N(mean(s), diag(std^2)), its log std a learned
+    vector that does not depend on the state (as in the PPO paper's MuJoCo experiments).
+    Actions are sampled unbounded; `Runner.collect` clips what it sends to the environment."""
+
+    def __init__(self, mean_net: nn.Module, action_dim: int, log_std_init: float):
+        super().__init__()
+        self.mean_net = mean_net
+        self.log_std = nn.Parameter(torch.full((action_dim,), log_std_init))
+
+    def forward(self, features):
+        return self.mean_net(features)  # (B, D): the mean
+
+    def sample(self, mean):
+        return mean + self.log_std.exp() * torch.randn_like(mean)
+
+    def log_prob(self, mean, actions):
+        # log N(a; mu, sigma) = -(a - mu)^2 / (2 sigma^2) - log sigma - log(2 pi) / 2, summed
+        # over the dimensions, which are independent.
+        standardized = (actions - mean) * torch.exp(-self.log_std)
+        return (-0.5 * standardized**2 - self.log_std - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
+
+    def entropy(self, mean):
+        # H[N(mu, sigma)] = 1/2 + log(2 pi)/2 + log sigma per dimension, the same for every state.
+        per_state = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum()
+        return per_state.expand(mean.shape[0])
+
+    def distribution_parameters(self, mean):
+        return torch.cat((mean, self.log_std.expand_as(mean)), dim=-1)  # (B, 2D): mean, log std
+
+    def kl_divergence(self, old_parameters, mean):
+        old_mean, old_log_std = old_parameters.chunk(2, dim=-1)
+        return gaussian_kl(old_mean, old_log_std, mean, self.log_std)
+
+
+def categorical_kl(old_log_pi: torch.Tensor, new_log_pi: torch.Tensor) -> torch.Tensor:
+    """KL[p || q] = sum_a p(a) (log p(a) - log q(a)) for (B, A) log-probabilities: (B,)."""
+    return (old_log_pi.exp() * (old_log_pi - new_log_pi)).sum(dim=-1)
+
+
+def gaussian_kl(old_mean, old_log_std, new_mean, new_log_std) -> torch.Tensor:
+    """KL[N(m1, s1) || N(m2, s2)] = log(s2 / s1) + (s1^2 + (m1 - m2)^2) / (2 s2^2) - 1/2,
+    summed over the independent dimensions of diagonal Gaussians: (B,)."""
+    variance_ratio = torch.exp(2 * (old_log_std - new_log_std))  # s1^2 / s2^2
+    squared_distance = (old_mean - new_mean) ** 2 * torch.exp(-2 * new_log_std)  # (m1-m2)^2 / s2^2
+    return (new_log_std - old_log_std + 0.5 * (variance_ratio + squared_distance) - 0.5).sum(dim=-1)
+
+
+class Critic(nn.Module):
+    """The state-value function V(s)."""
+
+    def __init__(self, value_net: nn.Module):
+        super().__init__()
+        self.value_net = value_net
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.value_net(features).squeeze(-1)  # (B, 1) -> (B,)
+
+
+def build_actor_critic(observation_space, action_space, config: Config) -> ActorCritic:
+    """Choose the network from the observation space and the actor from the action space."""
+    if len(observation_space.shape) == 3:  # image frames
+        encoder = nn.Sequential(FramePreStacking(), cnn(observation_space.shape, config.cnn))
+        features = CNN_LAYERS[config.cnn][1]
+        hidden: tuple[int, ...] = ()  # the heads are single linear layers on the cnn features
+    else:
+        encoder, features, hidden = nn.Identity(), observation_space.shape[0], config.hidden_sizes
+    if isinstance(action_space, gym.spaces.Discrete):
+        logits_net = mlp((features, *hidden, int(action_space.n)), config.activation, 0.01)
+        actor: nn.Module = CategoricalActor(logits_net)
+    else:
+        action_dim = action_space.shape[0]
+        mean_net = mlp((features, *hidden, action_dim), config.activation, 0.01)
+        actor = GaussianActor(mean_net, action_dim, config.log_std_init)
+    critic = Critic(mlp((features, *hidden, 1), config.activation, 1.0))
+    return ActorCritic(encoder, actor, critic)
+
+
+# ---------------------------------------------------------------------------------------
+# 7. Networks
+# ---------------------------------------------------------------------------------------
+# What the actors and critic are made of: mlps; for images FramePreStacking and a cnn.
+
+
+def mlp(sizes: typing.Sequence[int], activation: str, output_gain: float) -> nn.Sequential:
+    """Linear layers with an activation between them. Hidden layers get gain sqrt(2), the last
+    output_gain: 0.01 for a policy head, so the first policy is near uniform; 1 for a value."""
+    layers: list[nn.Module] = []
+    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        last = index == len(sizes) - 2
+        layers.append(layer_init(nn.Linear(fan_in, fan_out), output_gain if last else math.sqrt(2)))
+        if not last:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}  # the names Config.activation allows
+
+
+def layer_init(layer: nn.Module, gain: float) -> nn.Module:
+    """Orthogonal weights and zero biases, the initialization of OpenAI baselines ppo2."""
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+# (out_channels, kernel, stride) of each convolution, then the linear layer's width, by name.
+CNN_LAYERS = {
+    "nature": ([(32, 8, 4), (64, 4, 2), (64, 3, 1)], 512),  # Mnih et al. 2015, in baselines ppo2
+    "small": ([(16, 8, 4), (32, 4, 2)], 256),  # Mnih et al. 2013, about 3x cheaper
+}
+
+
+def cnn(input_shape: tuple[int, int, int], kind: str) -> nn.Sequential:
+    """Convolutions with ReLU, then one linear layer: (B, C, H, W) float -> (B, features)."""
+    channels = input_shape[0]
+    convolutions: list[nn.Module] = []
+    for out_channels, kernel, stride in CNN_LAYERS[kind][0]:
+        convolution = nn.Conv2d(channels, out_channels, kernel, stride)
+        convolutions += [layer_init(convolution, math.sqrt(2)), nn.ReLU()]
+        channels = out_channels
+    convolutions.append(nn.Flatten())
+    body = nn.Sequential(*convolutions)
+    with torch.no_grad():
+        flattened_size = body(torch.zeros(1, *input_shape)).shape[1]  # computed, never hard-coded
+    features = CNN_LAYERS[kind][1]
+    linear = layer_init(nn.Linear(flattened_size, features), math.sqrt(2))
+    return nn.Sequential(*body, linear, nn.ReLU())
+
+
+class FramePreStacking(nn.Module):
+    """The images the cnn sees, made from the last three frames that ale-py stacks: a frame
+    shows where the ball is, not where it goes; finite differences of f(t-2), f(t-1), f(t) do:
+        position     = f(t)
+        velocity     = f(t) - f(t-1)                  (first backward difference)
+        acceleration = f(t) - 2 f(t-1) + f(t-2)       (second backward difference)
+    Three frames, not the usual four (Mnih et al. 2015), are all these need. It runs on the
+    device, so frames stay uint8 (4x smaller) until there; ale-py pads a game's first with zeros.
+    """
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        # Integer differences are exact in float32; one buffer is 4x faster than stacking images.
+        frames = frames.float()  # (B, 3, H, W): f(t-2), f(t-1), f(t)
+        images = torch.empty_like(frames)  # (B, 3, H, W): position, velocity, acceleration
+        images[:, 0] = frames[:, 2]
+        torch.sub(frames[:, 2], frames[:, 1], out=images[:, 1])  # velocity
+        torch.sub(frames[:, 1], frames[:, 0], out=images[:, 2])  # the velocity one frame earlier
+        torch.sub(images[:, 1], images[:, 2], out=images[:, 2])  # acceleration: change of velocity
+        return images.mul_(1.0 / 255.0)
+
+
+# That is all of PPO. Part II runs it as a tool.
+
+
+# =======================================================================================
+# PART II. RUNNING IT AS A TOOL
+# =======================================================================================
+
+# ---------------------------------------------------------------------------------------
+# 8. The configuration
+# ---------------------------------------------------------------------------------------
+# Every setting of a run, once: its default, its type and its meaning, which is also its
+# flag's --help text. Part I reads the hyperparameters by the papers' symbols.
 
 
 def option(default, help: str):
@@ -96,7 +696,7 @@ class Config:
     learning_rate: float = option(2.5e-4, "Adam step size alpha, at most 1; typically 1e-4 to 3e-3")
     anneal_lr: bool = option(True, "decay the learning rate linearly to 0 over the run; a resume with more --total-steps decays it from where it was to 0 at the new end")
     gamma: float = option(0.99, "gamma, discount factor in (0, 1]; typically 0.9 to 0.999")
-    gae_lambda: float = option(0.95, "lambda of GAE in (0, 1]; 1 is Monte Carlo, 0 is one-step TD; typically 0.8 to 0.99")
+    gae_lambda: float = option(0.95, "lambda of GAE in (0, 1]; 1 is Monte Carlo, towards 0 one-step TD; typically 0.8 to 0.99")
     objective: typing.Literal["clip", "kl-penalty"] = option("clip", "the surrogate objective: clip (PPO eq. 7) or kl-penalty (the adaptive KL penalty, PPO eq. 8)")
     clip_coef: float = option(0.2, "epsilon, clip range of the probability ratio, in (0, 1); typically 0.1 to 0.3; not annealed (clip objective)")
     kl_coef: float = option(1.0, "beta, the initial weight of the KL penalty, adapted after every iteration (kl-penalty objective)")
@@ -131,16 +731,18 @@ class Config:
         check_config(self)  # section 12: a Config is valid once made, whether from flags, a preset or a checkpoint
 
     @property
-    def batch_size(self) -> int:
+    def rollout_size(self) -> int:
+        """N * T slots of a rollout; the batch learned from leaves out its autoreset steps."""
         return self.num_envs * self.num_steps
 
     @property
     def minibatch_size(self) -> int:
-        return self.batch_size // self.num_minibatches
+        """Slots of a minibatch: at most this many samples."""
+        return self.rollout_size // self.num_minibatches
 
     @property
     def num_iterations(self) -> int:
-        return self.total_steps // self.batch_size
+        return self.total_steps // self.rollout_size
 
     @property
     def env_id(self) -> str:
@@ -148,429 +750,57 @@ class Config:
 
 
 # ---------------------------------------------------------------------------------------
-# 2. The training loop
+# 9. The learner's parts: environments, networks, optimizer
 # ---------------------------------------------------------------------------------------
-# PPO [Algorithm 1]: each iteration runs the policy, estimates advantages and optimizes the
-# surrogate objective. `learn` is that loop, over the parts a `Learner` holds.
-
-
-def learn(config: Config, learner: typing.Optional[Learner] = None) -> typing.Iterator[dict]:
-    """Train with PPO for config.num_iterations iterations, the learning rate annealed; yield
-    each iteration's diagnostics, among them the returns of the episodes that ended in it:
-        for diagnostics in learn(make_config("CartPole")): print(diagnostics["episode_returns"])
-    A resumed run (Part II) hands in its learner, which knows its iterations done. Under
-    torchrun, `ppo()` (Part II) runs it on every rank."""
-    built = learner is None  # then learn() owns the environments, and closes them
-    learner = build_learner(config, torch.device(config.device)) if built else learner
-    try:
-        for iteration in range(learner.iterations_done, config.num_iterations):
-            learning_rate = annealed_learning_rate(config, iteration)
-            diagnostics = ppo_iteration(learner, config, learning_rate)
-            learner.iterations_done = iteration + 1
-            yield {"iteration": iteration + 1, "learning_rate": learning_rate, **diagnostics}
-    finally:
-        if built:
-            learner.envs.close()
-
-
-def annealed_learning_rate(config: Config, iteration: int) -> float:
-    """alpha, decayed linearly from config.learning_rate to 0 after the last iteration, as in
-    the PPO paper's Atari setting (its MuJoCo one keeps 3e-4). The clip range is not
-    annealed: it made no measurable difference on the presets here."""
-    if not config.anneal_lr:
-        return config.learning_rate
-    return config.learning_rate * (1.0 - iteration / config.num_iterations)
-
-
-@dataclass
-class Learner:
-    """What PPO holds between iterations."""
-
-    envs: gym.vector.VectorEnv
-    agent: ActorCritic
-    optimizer: torch.optim.Adam
-    buffer: PPOBuffer
-    runner: Runner
-    kl_coef: float  # beta, adapted after each iteration (kl-penalty objective)
-    iterations_done: int = 0
+# What Part I's loop works on, built for one process or, under torchrun, for one of W
+# processes (section 11), with the running normalizers (section 10) and --precision.
 
 
 def build_learner(config: Config, device: torch.device) -> Learner:
-    """A run's parts: the environments, the networks, Adam, the buffer and the runner."""
+    """The environments, the networks, Adam, the buffer and the runner of Part I; in one
+    process N environments reset with the seed, under torchrun a share of them each."""
     if config.torch_threads > 0:
         torch.set_num_threads(config.torch_threads)
     torch.manual_seed(config.seed)  # the network initialization and every sample drawn after it
-    num_envs = config.num_envs // world_size()  # N in one process; N / K each under torchrun (section 11)
+    num_envs = config.num_envs // world_size()  # N in one process; N / W each under torchrun (section 11)
     envs = make_environments(config, num_envs)
-    agent = build_actor_critic(envs.single_observation_space, envs.single_action_space, config).to(device)
-    buffer = PPOBuffer(config.num_steps, num_envs, envs.single_observation_space, envs.single_action_space, device)
-    return Learner(envs, agent, make_optimizer(agent, config), buffer, Runner(envs, config, device), config.kl_coef)
+    observation_space, action_space = envs.single_observation_space, envs.single_action_space
+    agent = build_actor_critic(observation_space, action_space, config)
+    set_precision(agent, config.precision)
+    agent.to(device)
+    buffer = PPOBuffer(config.num_steps, num_envs, observation_space, action_space, device)
+    optimizer = make_optimizer(agent, config)
+    observation_normalizer = (ObservationNormalizer(observation_space.shape, config.observation_clip)
+                              if config.normalize_observations else None)
+    reward_scaler = RewardScaler(num_envs, config.gamma) if config.scale_rewards else None
+    runner = Runner(envs, config, device, environment_seed(config, num_envs), observation_normalizer, reward_scaler)
+    return Learner(envs, agent, optimizer, buffer, runner, config.kl_coef, mean_over_processes=mean_over_ranks)
 
 
 def make_optimizer(agent: ActorCritic, config: Config) -> torch.optim.Adam:
-    """Adam on all weights. eps = 1e-5 rather than torch's 1e-8, as in the PPO paper's code:
-    it bounds the step of a weight whose gradient has been near zero. Fused: one kernel."""
+    """Adam on all weights, eps = 1e-5 rather than torch's 1e-8 as in OpenAI baselines (ppo1
+    and ppo2): it bounds the step of a weight whose gradient has been near zero. Fused: one
+    kernel for all weights."""
     return torch.optim.Adam(agent.parameters(), lr=config.learning_rate, eps=1e-5, fused=True)
 
 
-# ---------------------------------------------------------------------------------------
-# 3. One iteration
-# ---------------------------------------------------------------------------------------
-# What `learn` repeats: collect a rollout (section 7), turn it into advantages and returns
-# (section 6), update on it (section 4).
+class BFloat16Encoder(nn.Sequential):
+    """--precision bfloat16: the image encoder (FramePreStacking and the cnn) run in bfloat16
+    by torch.autocast, its output float32. The weights, Adam and checkpoints stay float32, the
+    frame differences exact; the state dict is that of the nn.Sequential it replaces."""
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(observations.device.type, dtype=torch.bfloat16):
+            return super().forward(observations).float()
 
 
-def ppo_iteration(learner: Learner, config: Config, learning_rate: float) -> dict:
-    """Run the policy for T steps in each of N environments, compute GAE advantages and
-    returns, then optimize for K epochs. Returns the real environment steps taken, the
-    returns of the episodes that ended, and the diagnostics of the update. Under torchrun,
-    each is this process's own (Part II joins them, section 11)."""
-    for group in learner.optimizer.param_groups:
-        group["lr"] = learning_rate
-    episode_returns, last_values = learner.runner.collect(learner.agent, learner.buffer)
-    advantages, returns = learner.buffer.advantages_and_returns(last_values, config.gamma, config.gae_lambda)
-    batch = learner.buffer.flatten_valid(advantages, returns)
-    kl_coef = learner.kl_coef
-    diagnostics = update(learner.agent, learner.optimizer, batch, config, kl_coef)
-    if config.objective == "kl-penalty":
-        mean_kl = mean_over_ranks(policy_kl(learner.agent, batch).mean())  # d; all ranks' mean (section 11)
-        learner.kl_coef = adapted_kl_coef(kl_coef, mean_kl, config.kl_penalty_target)
-    return {"environment_steps": batch["advantages"].shape[0], "episode_returns": episode_returns, **diagnostics,
-            "explained_variance": explained_variance(batch["values"], batch["returns"]),
-            **({"kl_coef": kl_coef} if config.objective == "kl-penalty" else {})}
-
-
-# ---------------------------------------------------------------------------------------
-# 4. The update
-# ---------------------------------------------------------------------------------------
-# The optimization phase of an iteration: K epochs of minibatch steps on section 5's losses.
-
-UPDATE_DIAGNOSTICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
-
-
-def update(agent: ActorCritic, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], config: Config,
-           kl_coef: float) -> dict[str, float]:
-    """K epochs of shuffled minibatch steps on -L^{CLIP+VF+S} [PPO Algorithm 1], or on the
-    KL-penalized objective with weight kl_coef (beta) in place of L^CLIP. Returns the means
-    of the diagnostics over all minibatch steps taken (not the last minibatch's values).
-    With --target-kl, the whole update ends (not just the epoch) at the first minibatch
-    whose policy has moved further than that from the one that collected the data."""
-    weights = list(agent.parameters())  # listed once: agent.parameters() walks every module
-    totals = torch.zeros(len(UPDATE_DIAGNOSTICS), device=batch["advantages"].device)  # (5,): UPDATE_DIAGNOSTICS summed over the steps
-    gradient_steps = 0
-    for indices in shuffled_minibatches(batch["advantages"].shape[0], batch["advantages"].device, config):
-        new_log_probs, entropy, values, pi = agent(batch["observations"][indices], batch["actions"][indices])
-        old_log_probs, advantages = batch["log_probs"][indices], batch["advantages"][indices]
-        kl = approx_kl(new_log_probs.detach(), old_log_probs)
-        if config.target_kl is not None and mean_over_ranks(kl) > config.target_kl:  # all ranks' mean (section 11)
-            break  # early stop: the policy moved far enough
-        if config.normalize_advantages:
-            advantages = normalize(advantages, config.advantage_std_floor)
-        if config.objective == "clip":
-            policy_loss = clipped_surrogate_loss(new_log_probs, old_log_probs, advantages, config.clip_coef)
-        else:
-            exact_kl = agent.actor.kl_divergence(batch["old_distributions"][indices], pi)
-            policy_loss = kl_penalty_loss(new_log_probs, old_log_probs, advantages, exact_kl, kl_coef)
-        critic_loss = value_loss(values, batch["returns"][indices])
-        # With c2 = 0 the entropy is only a diagnostic: detached, backward skips its graph.
-        entropy = entropy.mean() if config.ent_coef > 0 else entropy.detach().mean()
-        loss = ppo_loss(policy_loss, critic_loss, entropy, config.vf_coef, config.ent_coef)
-        optimizer.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(weights, config.max_grad_norm, foreach=True)  # not in the paper; its code (OpenAI baselines) clips
-        optimizer.step()
-        totals += torch.stack((policy_loss, critic_loss, entropy, kl,
-                               clip_fraction(new_log_probs, old_log_probs, config.clip_coef))).detach()
-        gradient_steps += 1
-    return {name: total / max(gradient_steps, 1) for name, total in zip(UPDATE_DIAGNOSTICS, totals.tolist())}
-
-
-def shuffled_minibatches(size: int, device: torch.device, config: Config) -> typing.Iterator[torch.Tensor]:
-    """The indices of each minibatch of K epochs, each epoch a new random order of the batch."""
-    for _ in range(config.update_epochs):
-        yield from torch.tensor_split(torch.randperm(size, device=device), config.num_minibatches)
-
-
-# ---------------------------------------------------------------------------------------
-# 5. The losses
-# ---------------------------------------------------------------------------------------
-# What `update` minimizes, each term a small pure function; then the diagnostics it logs.
-
-
-def clipped_surrogate_loss(new_log_probs, old_log_probs, advantages, clip_coef):
-    """-L^CLIP, to be minimized.
-
-        r_t(theta) = pi_theta(a_t|s_t) / pi_theta_old(a_t|s_t)    [PPO sec. 3, above eq. 6]
-        L^CLIP     = E_t[ min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t) ]      [PPO eq. 7]
-    The minimum makes the objective a pessimistic bound: once r_t has moved past the clip
-    range in the direction the advantage favours, the gradient is exactly zero.
-    """
-    ratio = torch.exp(new_log_probs - old_log_probs)
-    unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1.0 - clip_coef, 1.0 + clip_coef) * advantages
-    return -torch.min(unclipped, clipped).mean()
-
-
-def kl_penalty_loss(new_log_probs, old_log_probs, advantages, kl, kl_coef):
-    """-L^KLPEN, to be minimized.
-
-        L^KLPEN = E_t[ r_t A_t - beta KL[pi_old(.|s_t), pi_theta(.|s_t)] ]      [PPO eq. 8]
-    The clip needs only log pi_old(a_t|s_t), the old probability of the action taken; the
-    penalty's KL is a sum (or integral) over every action, so it needs the whole old
-    distribution: the batch keeps it (`distribution` of the actors, section 8).
-    """
-    ratio = torch.exp(new_log_probs - old_log_probs)
-    return -(ratio * advantages).mean() + kl_coef * kl.mean()
-
-
-@torch.no_grad()
-def policy_kl(agent: ActorCritic, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """KL[pi_old(.|s_t), pi_theta(.|s_t)] of every sample of the batch (B,), after the update."""
-    pi = agent.actor(agent.features(batch["observations"]))
-    return agent.actor.kl_divergence(batch["old_distributions"], pi)
-
-
-def adapted_kl_coef(kl_coef: float, mean_kl: float, kl_target: float) -> float:
-    """beta for the next iteration, from d, the mean KL the last update reached [PPO sec. 4]:
-    halve beta if d < d_targ / 1.5, double it if d > 1.5 d_targ, keep it otherwise."""
-    if mean_kl < kl_target / 1.5:
-        return kl_coef / 2
-    if mean_kl > kl_target * 1.5:
-        return kl_coef * 2
-    return kl_coef
-
-
-def value_loss(values, returns):
-    """(V_theta(s_t) - V_t^targ)^2 / 2, the squared-error term L^VF of [PPO eq. 9], halved.
-    The value loss is not clipped. OpenAI's baselines clip it the way the ratio is
-    clipped, but that is not in the paper, and Engstrom et al. (2020) and Andrychowicz
-    et al. (2021) found that it does not help and can hurt.
-    """
-    return 0.5 * ((values - returns) ** 2).mean()
-
-
-def ppo_loss(policy_loss, critic_loss, entropy, vf_coef, ent_coef):
-    """-L^{CLIP+VF+S} = -L^CLIP + c1 L^VF - c2 S[pi]                          [PPO eq. 9]
-    (with the KL penalty, policy_loss is -L^KLPEN in place of -L^CLIP)
-
-    critic_loss is L^VF / 2, so vf_coef plays the part of 2 c1: the usual vf_coef = 0.5
-    is c1 = 0.25 on the unhalved squared error. The Atari settings here keep that 0.5, as
-    the paper's code did; the paper's Atari table gives c1 = 1 (vf_coef 2 here).
-    """
-    return policy_loss + vf_coef * critic_loss - ent_coef * entropy
-
-
-def normalize(advantages, std_floor):
-    """Zero mean, unit std over one minibatch. Not in the paper: an implementation detail of
-    its code (OpenAI baselines) that keeps the step size independent of reward scale. Where
-    the returns are nearly constant, the advantages are mostly the critic's noise: dividing by
-    at least std_floor leaves them small rather than scaling them up (docs/results.md)."""
-    return (advantages - advantages.mean()) / (torch.clamp(advantages.std(), min=std_floor) + 1e-8)
-
-
-def approx_kl(new_log_probs, old_log_probs):
-    """KL(pi_old || pi_new) estimated as E[(r - 1) - log r] with r = pi_new / pi_old over
-    actions drawn from pi_old: unbiased and never negative (Schulman 2020, "Approximating
-    KL Divergence", the estimator k3)."""
-    log_ratio = new_log_probs - old_log_probs
-    return (torch.exp(log_ratio) - 1.0 - log_ratio).mean()
-
-
-def clip_fraction(new_log_probs, old_log_probs, clip_coef):
-    """Share of samples whose ratio is outside [1 - eps, 1 + eps]."""
-    return ((torch.exp(new_log_probs - old_log_probs) - 1.0).abs() > clip_coef).float().mean()
-
-
-def explained_variance(values, returns):
-    """1 - Var[R - V] / Var[R] over the batch: 1 is a perfect critic, 0 no better than a
-    constant; undefined (nan) where the returns do not vary."""
-    variance = returns.var(dim=0)
-    return float("nan") if variance == 0 else float(1.0 - (returns - values).var(dim=0) / variance)
-
-
-# ---------------------------------------------------------------------------------------
-# 6. GAE and the rollout buffer
-# ---------------------------------------------------------------------------------------
-# Where the losses' advantages A_t and value targets R_t come from: the stored rollout.
-
-
-def generalized_advantages(
-    rewards: torch.Tensor,
-    values: torch.Tensor,
-    next_values: torch.Tensor,
-    terminated: torch.Tensor,
-    episode_ended: torch.Tensor,
-    gamma: float,
-    gae_lambda: float,
-) -> torch.Tensor:
-    """GAE(gamma, lambda) advantages of a rollout; every argument is (T, N).
-
-    next_values[t] is V(s_{t+1}), the value of the state that really followed step t: the
-    final observation of the episode when it ended at t, never a reset observation.
-        delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)                     [PPO eq. 12]
-        A_t     = sum_l (gamma * lambda)^l * delta_{t+l}                [GAE eq. 16]
-                = delta_t + gamma * lambda * A_{t+1}    (PPO eq. 11, computed backwards)
-    Two endings are treated differently. After `terminated` (the pole fell) the episode
-    has no future, so V(s_{t+1}) counts as 0. After a truncation (a time limit) the
-    future exists but was not seen, so delta_t bootstraps from V(final observation).
-    Either way the sum stops at the episode's end: A_{t+1} belongs to another episode.
-    """
-    deltas = rewards + gamma * next_values * (1.0 - terminated) - values  # (T, N): every delta_t at once
-    decays = gamma * gae_lambda * (1.0 - episode_ended)  # (T, N): 0 where the episode ended at t
-    advantages = torch.zeros_like(rewards)
-    next_advantage = torch.zeros_like(rewards[0])
-    for t in reversed(range(rewards.shape[0])):
-        next_advantage = deltas[t] + decays[t] * next_advantage
-        advantages[t] = next_advantage
-    return advantages
-
-
-class PPOBuffer:
-    """One rollout of T steps from N environments, stored as (T, N, ...) arrays.
-
-    Vector environments here reset in NEXT_STEP mode: the step that ends an episode
-    returns its real final observation, and the following call only resets (its action is
-    ignored, its reward is 0). So obs[t + 1] after an ending at t is the final observation,
-    which makes values[t + 1] exactly the V(final observation) that truncation needs; and
-    the reset step itself is no transition, so it is marked invalid and left out of the loss.
-    """
-
-    def __init__(self, num_steps: int, num_envs: int, observation_space: gym.Space, action_space: gym.Space, device: torch.device):
-        obs_dtype = torch.uint8 if len(observation_space.shape) == 3 else torch.float32  # frames stay uint8
-        action_dtype = torch.int64 if isinstance(action_space, gym.spaces.Discrete) else torch.float32
-        shape = (num_steps, num_envs)
-        self.observations = torch.zeros(shape + observation_space.shape, dtype=obs_dtype, device=device)  # (T, N, *obs_shape)
-        self.actions = torch.zeros(shape + action_space.shape, dtype=action_dtype, device=device)  # (T, N, *action_shape)
-        # log pi_old(a_t|s_t), V(s_t) and pi_old(.|s_t) whole, computed after the rollout (`store_old_policy`).
-        distribution_size = int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else 2 * action_space.shape[0]
-        self.log_probs = torch.zeros(shape, device=device)  # (T, N)
-        self.values = torch.zeros(shape, device=device)  # (T, N)
-        self.old_distributions = torch.zeros(shape + (distribution_size,), device=device)  # (T, N, K)
-        # Written from the environment's numpy arrays, moved to the device once per rollout.
-        self.rewards = np.zeros(shape, dtype=np.float32)  # (T, N)
-        self.terminated = np.zeros(shape, dtype=np.float32)  # (T, N)
-        self.episode_ended = np.zeros(shape, dtype=np.float32)  # (T, N) terminated or truncated
-        self.valid = np.zeros(shape, dtype=bool)  # (T, N) False on autoreset steps
-        self.device = device
-
-    def store(self, t, observations, actions, rewards, terminated, truncated, valid):
-        self.observations[t] = observations
-        self.actions[t] = actions
-        self.rewards[t] = rewards
-        self.terminated[t] = terminated
-        self.episode_ended[t] = terminated | truncated
-        self.valid[t] = valid
-
-    def store_old_policy(self, log_probs: torch.Tensor, values: torch.Tensor, distributions: torch.Tensor) -> None:
-        """What the policy that collected the rollout says of each step, (T * N, ...) in
-        the order of observations.flatten(0, 1)."""
-        shape = self.valid.shape
-        self.log_probs, self.values = log_probs.view(shape), values.view(shape)
-        self.old_distributions = distributions.view(*shape, -1)
-
-    def advantages_and_returns(self, last_values: torch.Tensor, gamma: float, gae_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """GAE advantages and the value targets R_t = A_t + V(s_t), both (T, N)."""
-        next_values = torch.cat((self.values[1:], last_values.unsqueeze(0)))  # (T, N): V(s_{t+1})
-        def to_device(array):
-            return torch.from_numpy(array).to(self.device)
-        advantages = generalized_advantages(
-            to_device(self.rewards), self.values, next_values,
-            to_device(self.terminated), to_device(self.episode_ended), gamma, gae_lambda,
-        )
-        return advantages, advantages + self.values
-
-    def flatten_valid(self, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The batch of real transitions: every (T, N, ...) array as (B, ...), gathered by
-        their positions (a boolean mask would make a GPU wait to learn B, once per array)."""
-        valid = torch.from_numpy(np.flatnonzero(self.valid)).to(self.device)  # (B,): positions in the (T * N) rollout
-        arrays = {"observations": self.observations, "actions": self.actions, "log_probs": self.log_probs, "values": self.values,
-                  "old_distributions": self.old_distributions, "advantages": advantages, "returns": returns}
-        return {name: array.flatten(0, 1)[valid] for name, array in arrays.items()}
-
-
-# ---------------------------------------------------------------------------------------
-# 7. The runner and the environments
-# ---------------------------------------------------------------------------------------
-# Where the rollout comes from: N environments stepped with the current policy.
-
-
-class Runner:
-    """Steps N environments with the current policy to fill a PPOBuffer, and keeps what
-    carries over between rollouts: observations, the returns of unfinished episodes,
-    normalizers."""
-
-    def __init__(self, envs: gym.vector.VectorEnv, config: Config, device: torch.device):
-        self.envs, self.config, self.device = envs, config, device
-        num_envs, shape = envs.num_envs, envs.single_observation_space.shape
-        self.continuous = isinstance(envs.single_action_space, gym.spaces.Box)
-        if self.continuous:
-            self.action_low = torch.as_tensor(envs.single_action_space.low, device=device)
-            self.action_high = torch.as_tensor(envs.single_action_space.high, device=device)
-        self.observation_normalizer = ObservationNormalizer(shape, config.observation_clip) if config.normalize_observations else None  # section 10
-        self.reward_scaler = RewardScaler(num_envs, config.gamma) if config.scale_rewards else None
-        self.returns_so_far = np.zeros(num_envs)  # (N,): each current episode's, unscaled and unclipped: the game score
-        self.autoreset = np.zeros(num_envs, dtype=bool)  # True where the next step only resets
-        self.raw_observations, _ = envs.reset(seed=environment_seed(config, num_envs))  # config.seed in one process (section 11)
-        self.observations = self.network_input(self.raw_observations)
-
-    def network_input(self, raw: np.ndarray) -> torch.Tensor:
-        """Environment arrays -> what the networks see, on the device."""
-        if self.observation_normalizer:
-            raw = self.observation_normalizer(raw)
-        return observation_tensor(raw, self.device)
-
-    @torch.no_grad()
-    def collect(self, agent: ActorCritic, buffer: PPOBuffer) -> tuple[list[float], torch.Tensor]:
-        """Fill the buffer with T steps; return the returns of the episodes that ended, and
-        V(s_T) of the observations after the last step (N,), for bootstrapping."""
-        episode_returns, arrived = [], []
-        for t in range(self.config.num_steps):
-            actions = agent.act(self.observations)
-            # The buffer keeps the sampled action (its log-prob comes after the rollout);
-            # only what is sent to the environment is clipped to the action space.
-            environment_actions = actions.clamp(self.action_low, self.action_high) if self.continuous else actions
-            raw_next, rewards, terminated, truncated, _ = self.envs.step(environment_actions.cpu().numpy())
-            valid = ~self.autoreset  # the step after an ending only resets: no transition
-            episode_ended = terminated | truncated
-            self.returns_so_far += rewards
-            episode_returns += self.returns_so_far[episode_ended].tolist()
-            self.returns_so_far[episode_ended] = 0.0
-            if self.config.clip_rewards:
-                rewards = np.sign(rewards)
-            buffer.store(t, self.observations, actions, rewards, terminated, truncated, valid)
-            self.raw_observations, self.autoreset = raw_next, episode_ended
-            self.observations = self.network_input(raw_next)
-            if self.observation_normalizer:
-                arrived.append(raw_next)
-        buffer.store_old_policy(*evaluate_rollout(agent, buffer.observations.flatten(0, 1), buffer.actions.flatten(0, 1),
-                                                  self.config.minibatch_size))
-        last_values = agent.value(self.observations)  # (N,): V(s_T), normalized as the rollout was
-        # The normalizers learn from the whole rollout, after it (section 10).
-        if self.reward_scaler:
-            buffer.rewards[:] = self.reward_scaler(buffer.rewards, buffer.episode_ended > 0, buffer.valid)
-        if self.observation_normalizer:
-            self.observation_normalizer.statistics.update(np.concatenate(arrived))
-            self.observations = self.network_input(self.raw_observations)  # the next rollout's first input
-        return episode_returns, last_values
-
-
-@torch.no_grad()
-def evaluate_rollout(agent: ActorCritic, observations: torch.Tensor, actions: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, ...]:
-    """log pi_old(a|s) (B,), V(s) (B,) and pi_old(.|s) whole (B, K) of a rollout's B samples,
-    chunk_size at a time (no more memory than a minibatch). The weights have not moved since
-    the rollout, so this is the policy that chose the actions, in one pass for all of them."""
-    outputs = [agent(part, part_actions) for part, part_actions in zip(observations.split(chunk_size), actions.split(chunk_size))]
-    log_probs, _, values, pi = (torch.cat(column) for column in zip(*outputs))
-    return log_probs, values, agent.actor.distribution(pi)
-
-
-def observation_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A batch of frames (N, 3, H, W) stays uint8 until the device (FramePreStacking
-    converts it); a batch of vectors (N, D) of any dtype becomes float32."""
-    return torch.as_tensor(array, dtype=torch.uint8 if array.ndim == 4 else torch.float32, device=device)
-
-
-def make_environments(config: Config, num_envs: int, render_mode: typing.Optional[str] = None) -> gym.vector.VectorEnv:
+def set_precision(agent: ActorCritic, precision: str) -> bool:
+    """Run the agent's image encoder in bfloat16 if asked; whether it does (vectors: never)."""
+    if precision != "bfloat16" or not isinstance(agent.encoder, nn.Sequential):
+        return False
+    agent.encoder = BFloat16Encoder(*agent.encoder)
+    return True
+def make_environments(config: Config, num_envs: int) -> gym.vector.VectorEnv:
     """N copies of the environment behind one vectorized step, all in NEXT_STEP autoreset.
     Atari: ale-py's C++ vector environment steps the games on threads, with the preprocessing
     of Mnih et al. (2015) spelled out below; rewards come unclipped (the logged return is the
@@ -584,13 +814,17 @@ def make_environments(config: Config, num_envs: int, render_mode: typing.Optiona
             env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", num_threads=config.env_threads,
             **atari_game_settings(config),
             maxpool=True,  # max over the last two frames of each step (Atari draws some sprites every other frame)
-            grayscale=True, img_height=config.frame_size, img_width=config.frame_size,  # one 84x84 (--frame-size) luminance image per step
+            grayscale=True, img_height=config.frame_size, img_width=config.frame_size,  # one luminance image a step
             stack_num=3,  # the last three images, for FramePreStacking
         )
-    if gym.spec(env_id).vector_entry_point is not None and render_mode is None:
+    if gym.spec(env_id).vector_entry_point is not None:
         return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
-    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", render_mode=render_mode,
+    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
                         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
+
+
+def is_atari(env_id: str) -> bool:
+    return env_id.startswith("ALE/")
 
 
 def atari_game_settings(config: Config) -> dict:
@@ -606,256 +840,12 @@ def atari_game_settings(config: Config) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
-# 8. Actors and critic
-# ---------------------------------------------------------------------------------------
-# The agent the runner samples from and the update trains: an actor, the policy pi(a|s),
-# and a critic, V(s), on a shared encoder. An actor's `forward` maps features of s to pi,
-# what its network says of pi(.|s): log pi(.|s) (B, num_actions) or the mean (B, action_dim).
-# Its methods are the distribution's math, written out (tests check them against
-# torch.distributions): sample; log_prob and entropy (B,); mode; distribution, all that
-# fixes pi(.|s) as one (B, K) tensor; kl_divergence (B,).
-
-
-class ActorCritic(nn.Module):
-    """An encoder shared by an actor and a critic: for vectors the identity, and the actor
-    and critic are two separate mlps; for images FramePreStacking and a cnn, shared by both."""
-
-    def __init__(self, encoder: nn.Module, actor: nn.Module, critic: Critic, bfloat16: bool = False):
-        super().__init__()
-        self.encoder, self.actor, self.critic, self.bfloat16 = encoder, actor, critic, bfloat16
-
-    def forward(self, observations: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Of stored samples under the current weights: log pi(a|s) (B,), the entropy of
-        pi(.|s) (B,), V(s) (B,), and pi, what the actor's network says of pi(.|s)."""
-        features = self.features(observations)
-        pi = self.actor(features)
-        return self.actor.log_prob(pi, actions), self.actor.entropy(pi), self.critic(features), pi
-
-    def features(self, observations: torch.Tensor) -> torch.Tensor:
-        """The encoder's output (B, features), float32. With bfloat16, torch.autocast runs the
-        cnn in bfloat16; weights, Adam and checkpoints stay float32, the differences exact."""
-        if not self.bfloat16:
-            return self.encoder(observations)
-        with torch.autocast(observations.device.type, dtype=torch.bfloat16):
-            return self.encoder(observations).float()
-
-    def act(self, observations: torch.Tensor) -> torch.Tensor:
-        """Sample actions for a batch of states (B, ...). Their log-probs and the values come
-        later, for the whole rollout at once (`evaluate_rollout`)."""
-        return self.actor.sample(self.actor(self.features(observations)))
-
-    def value(self, observations: torch.Tensor) -> torch.Tensor:
-        return self.critic(self.features(observations))
-
-    def deterministic_action(self, observations: torch.Tensor) -> torch.Tensor:
-        return self.actor.mode(self.actor(self.features(observations)))
-
-
-class CategoricalActor(nn.Module):
-    """Discrete actions: pi(a|s) = softmax(logits(s))_a."""
-
-    def __init__(self, logits_net: nn.Module):
-        super().__init__()
-        self.logits_net = logits_net
-
-    def forward(self, features):
-        return torch.log_softmax(self.logits_net(features), dim=-1)  # (B, num_actions): log pi(.|s)
-
-    def sample(self, log_pi):
-        probabilities = log_pi.exp()  # checked first: on a GPU, multinomial's own check is an assert that ends CUDA for the process
-        if not torch.isfinite(probabilities).all():
-            raise PolicyDiverged
-        return torch.multinomial(probabilities, num_samples=1).squeeze(-1)  # (B,)
-
-    def log_prob(self, log_pi, actions):
-        return log_pi.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # (B,): log pi(a|s)
-
-    def entropy(self, log_pi):
-        return -(log_pi.exp() * log_pi).sum(dim=-1)  # H = -sum_a pi(a) log pi(a)
-
-    def mode(self, log_pi):
-        return log_pi.argmax(dim=-1)
-
-    def distribution(self, log_pi):
-        return log_pi  # (B, num_actions): the whole distribution
-
-    def kl_divergence(self, old_log_pi, log_pi):
-        return categorical_kl(old_log_pi, log_pi)
-
-
-class GaussianActor(nn.Module):
-    """Continuous actions: a diagonal Gaussian N(mean(s), diag(std^2)) whose mean depends
-    on the state and whose log standard deviation is a learned vector that does not (as in
-    the PPO paper's MuJoCo experiments). Actions are sampled unbounded; clipping to the
-    action space happens only on the way to the environment (see `Runner.collect`)."""
-
-    def __init__(self, mean_net: nn.Module, action_dim: int, log_std_init: float):
-        super().__init__()
-        self.mean_net = mean_net
-        self.log_std = nn.Parameter(torch.full((action_dim,), log_std_init))
-
-    def forward(self, features):
-        return self.mean_net(features)  # (B, action_dim)
-
-    def sample(self, mean):
-        return mean + self.log_std.exp() * torch.randn_like(mean)
-
-    def log_prob(self, mean, actions):
-        # log N(a; mu, sigma) = -(a - mu)^2 / (2 sigma^2) - log sigma - log(2 pi) / 2 per
-        # dimension; the dimensions are independent, so the joint log-density is their sum.
-        standardized = (actions - mean) * torch.exp(-self.log_std)
-        return (-0.5 * standardized**2 - self.log_std - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
-
-    def entropy(self, mean):
-        # H[N(mu, sigma)] = 1/2 + log(2 pi)/2 + log sigma per dimension, the same for every state.
-        per_state = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum()
-        return per_state.expand(mean.shape[0])
-
-    def mode(self, mean):
-        return mean
-
-    def distribution(self, mean):
-        return torch.cat((mean, self.log_std.expand_as(mean)), dim=-1)  # (B, 2 * action_dim)
-
-    def kl_divergence(self, old_distribution, mean):
-        old_mean, old_log_std = old_distribution.chunk(2, dim=-1)
-        return gaussian_kl(old_mean, old_log_std, mean, self.log_std)
-
-
-def categorical_kl(old_log_pi: torch.Tensor, new_log_pi: torch.Tensor) -> torch.Tensor:
-    """KL[p || q] = sum_a p(a) (log p(a) - log q(a)) for (B, num_actions) log-probabilities: (B,)."""
-    return (old_log_pi.exp() * (old_log_pi - new_log_pi)).sum(dim=-1)
-
-
-def gaussian_kl(old_mean, old_log_std, new_mean, new_log_std) -> torch.Tensor:
-    """KL between diagonal Gaussians, summed over the independent dimensions: (B,).
-        KL[N(m1, s1) || N(m2, s2)] = log(s2 / s1) + (s1^2 + (m1 - m2)^2) / (2 s2^2) - 1/2
-    """
-    variance_ratio = torch.exp(2 * (old_log_std - new_log_std))  # s1^2 / s2^2
-    squared_distance = (old_mean - new_mean) ** 2 * torch.exp(-2 * new_log_std)  # (m1 - m2)^2 / s2^2
-    return (new_log_std - old_log_std + 0.5 * (variance_ratio + squared_distance) - 0.5).sum(dim=-1)
-
-
-class Critic(nn.Module):
-    """The state-value function V(s)."""
-
-    def __init__(self, value_net: nn.Module):
-        super().__init__()
-        self.value_net = value_net
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.value_net(features).squeeze(-1)  # (B, 1) -> (B,)
-
-
-def build_actor_critic(observation_space: gym.Space, action_space: gym.Space, config: Config) -> ActorCritic:
-    """Choose the network from the observation space and the actor from the action space."""
-    image = len(observation_space.shape) == 3
-    if image:
-        encoder = nn.Sequential(FramePreStacking(), cnn(observation_space.shape, config.cnn))
-        features = CNN_LAYERS[config.cnn][1]
-        hidden: tuple[int, ...] = ()  # the heads are single linear layers on the cnn features
-    else:
-        encoder, features, hidden = nn.Identity(), observation_space.shape[0], config.hidden_sizes
-    if isinstance(action_space, gym.spaces.Discrete):
-        actor: nn.Module = CategoricalActor(mlp((features, *hidden, int(action_space.n)), config.activation, 0.01))
-    else:
-        action_dim = action_space.shape[0]
-        actor = GaussianActor(mlp((features, *hidden, action_dim), config.activation, 0.01), action_dim, config.log_std_init)
-    critic = Critic(mlp((features, *hidden, 1), config.activation, 1.0))
-    return ActorCritic(encoder, actor, critic, bfloat16=image and config.precision == "bfloat16")
-
-
-# ---------------------------------------------------------------------------------------
-# 9. Networks
-# ---------------------------------------------------------------------------------------
-# What the actors and critic are made of: mlps; for images FramePreStacking and a cnn.
-
-
-def mlp(sizes: typing.Sequence[int], activation: str, output_gain: float) -> nn.Sequential:
-    """Linear layers of the given sizes with an activation between them, none after the last.
-    Hidden layers get gain sqrt(2); the output gain is chosen by the caller (0.01 for a
-    policy head, so the first policy is near uniform; 1 for a value head)."""
-    layers: list[nn.Module] = []
-    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        last = index == len(sizes) - 2
-        layers.append(layer_init(nn.Linear(fan_in, fan_out), output_gain if last else math.sqrt(2)))
-        if not last:
-            layers.append(ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
-
-
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}  # the names Config.activation allows
-
-
-def layer_init(layer: nn.Module, gain: float) -> nn.Module:
-    """Orthogonal weights and zero biases, the initialization of the PPO paper's code."""
-    nn.init.orthogonal_(layer.weight, gain)
-    nn.init.zeros_(layer.bias)
-    return layer
-
-
-# (out_channels, kernel, stride) of each convolution, then the linear layer's width, by name.
-CNN_LAYERS = {
-    "nature": ([(32, 8, 4), (64, 4, 2), (64, 3, 1)], 512),  # Mnih et al. 2015, in the PPO paper's code (OpenAI baselines)
-    "small": ([(16, 8, 4), (32, 4, 2)], 256),  # Mnih et al. 2013, about 3x cheaper
-}
-
-
-def cnn(input_shape: tuple[int, int, int], kind: str) -> nn.Sequential:
-    """Convolutions with ReLU, then one linear layer: (B, C, H, W) float -> (B, features)."""
-    channels = input_shape[0]
-    convolutions: list[nn.Module] = []
-    for out_channels, kernel, stride in CNN_LAYERS[kind][0]:
-        convolutions += [layer_init(nn.Conv2d(channels, out_channels, kernel, stride), math.sqrt(2)), nn.ReLU()]
-        channels = out_channels
-    convolutions.append(nn.Flatten())
-    body = nn.Sequential(*convolutions)
-    with torch.no_grad():
-        flattened_size = body(torch.zeros(1, *input_shape)).shape[1]  # computed, never hard-coded
-    features = CNN_LAYERS[kind][1]
-    return nn.Sequential(*body, layer_init(nn.Linear(flattened_size, features), math.sqrt(2)), nn.ReLU())
-
-
-class FramePreStacking(nn.Module):
-    """Differences of the last three frames, which ale-py has stacked already: the images of
-    position, velocity and acceleration. A single frame shows where the ball is, not where
-    it goes; a physicist would hand the network finite differences of f(t-2), f(t-1), f(t):
-        position     = f(t)
-        velocity     = f(t) - f(t-1)                  (first backward difference)
-        acceleration = f(t) - 2 f(t-1) + f(t-2)       (second backward difference)
-    Three frames, not the usual four (Mnih et al. 2015): that is all these need. It runs on
-    the device on the whole uint8 batch, so frames stay uint8 (4x smaller) until there. On
-    a game's first two steps the older frames are zeros (ale-py pads the stack).
-    """
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        # Differences of the integer pixel values are exact in float32; scale afterwards.
-        # Writing into one buffer is 4x faster on a CPU than computing and stacking images.
-        frames = frames.float()  # (B, 3, H, W): f(t-2), f(t-1), f(t)
-        images = torch.empty_like(frames)  # (B, 3, H, W): position, velocity, acceleration
-        images[:, 0] = frames[:, 2]
-        torch.sub(frames[:, 2], frames[:, 1], out=images[:, 1])  # velocity
-        torch.sub(frames[:, 1], frames[:, 0], out=images[:, 2])  # the velocity one frame earlier
-        torch.sub(images[:, 1], images[:, 2], out=images[:, 2])  # acceleration: change of velocity
-        return images.mul_(1.0 / 255.0)
-
-
-# That is all of PPO. Part II adds the running normalization of continuous control and what
-# a tool needs around `learn`: torchrun's processes, checks of the input, checkpoints, the
-# run folder and its log, and stopping.
-
-
-# =======================================================================================
-# PART II. RUNNING IT AS A TOOL
-# =======================================================================================
-
-# ---------------------------------------------------------------------------------------
 # 10. Running normalization (continuous control)
 # ---------------------------------------------------------------------------------------
 # Both normalizers learn their statistics once per rollout, from all of its steps, as the
-# PPO paper's code did for the observations (OpenAI baselines, ppo1): every step of a
-# rollout is normalized alike, and a step costs no statistics update (measured: 58 of the
-# 150 microseconds a step took at the paper's MuJoCo settings, when updated step by step).
+# PPO paper's MuJoCo code, OpenAI baselines ppo1, did for the observations: every step of a
+# rollout is normalized alike, and a step costs no statistics update. The Runner (section 2)
+# applies them; `build_learner` (section 9) makes them where the config asks for them.
 
 
 class RunningMeanStd:
@@ -921,11 +911,11 @@ class RewardScaler:
 # ---------------------------------------------------------------------------------------
 # 11. Several processes: torchrun and the sums over ranks (data parallelism)
 # ---------------------------------------------------------------------------------------
-# Under `torchrun`, K processes ("ranks") each step N / K of the environments and hold
+# Under `torchrun`, W processes ("ranks") each step N / W of the environments and hold
 # their share of every batch. They stay one learner this way: DistributedDataParallel gives
 # every rank rank 0's weights at the start and averages the gradients over ranks at every
 # backward pass; the --target-kl early stop and the KL penalty's beta use the mean KL of all
-# ranks (`mean_over_ranks`, called once in Part I's update, once in ppo_iteration); the normalizers merge every
+# ranks (`mean_over_ranks`, Part I's Learner.mean_over_processes); the normalizers merge every
 # rank's statistics; and `run` joins each iteration's figures (`over_all_ranks`): steps,
 # episodes, diagnostics. docs/distributed.md says how this differs from one process with
 # the same total batch. In one process each function here does what that process would do
@@ -1038,7 +1028,7 @@ def join_ranks(learner: Learner, seed: int, device: torch.device) -> None:
 
 
 def started_by_torchrun() -> bool:
-    """Whether torchrun started this process as one of K > 1 (it sets WORLD_SIZE, RANK,
+    """Whether torchrun started this process as one of W > 1 (it sets WORLD_SIZE, RANK,
     LOCAL_RANK and the rendezvous address)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
@@ -1050,7 +1040,7 @@ def is_first_process() -> bool:
 
 @contextlib.contextmanager
 def process_group(device: torch.device):
-    """Under torchrun with K > 1 processes, join the others for the run and leave at its
+    """Under torchrun with W > 1 processes, join the others for the run and leave at its
     end; give the device, which for CUDA is GPU LOCAL_RANK of this machine. Otherwise only
     the device."""
     if not started_by_torchrun():
@@ -1145,14 +1135,14 @@ def check_config(config: Config) -> None:
     if config.num_steps < 2:
         raise UserError("--num-steps must be at least 2: the step after an episode ends only resets, so a "
                         "rollout of 1 step can hold no transition at all")
-    if config.batch_size % config.num_minibatches or config.batch_size // config.num_minibatches < 8:
-        raise UserError(f"the batch of num_envs * num_steps = {config.batch_size} steps does not split into "
+    if config.rollout_size % config.num_minibatches or config.rollout_size // config.num_minibatches < 8:
+        raise UserError(f"the batch of num_envs * num_steps = {config.rollout_size} steps does not split into "
                         f"{config.num_minibatches} minibatches of at least 8 steps; choose fewer --num-minibatches "
-                        f"(a divisor of {config.batch_size}) or more --num-envs or --num-steps")
+                        f"(a divisor of {config.rollout_size}) or more --num-envs or --num-steps")
     if not 0 <= config.seed < 2**32:
         raise UserError(f"--seed must be in [0, 2**32), got {config.seed}")
-    if config.total_steps < config.batch_size:
-        raise UserError(f"--total-steps {config.total_steps} is less than one batch ({config.batch_size} steps); raise it")
+    if config.total_steps < config.rollout_size:
+        raise UserError(f"--total-steps {config.total_steps} is less than one batch ({config.rollout_size} steps); raise it")
     for name in ("gamma", "gae_lambda"):
         if not 0 < getattr(config, name) <= 1:
             raise UserError(f"{flag_name(name)} must be in (0, 1], got {getattr(config, name)}")
@@ -1213,10 +1203,6 @@ def type_name(hint) -> str:
 def version_of(package: str) -> tuple[int, ...]:
     """The installed version of a package as numbers: "10.1.0" -> (10, 1, 0)."""
     return tuple(int(part) for part in re.findall(r"\d+", importlib.metadata.version(package))[:3])
-
-
-def is_atari(env_id: str) -> bool:
-    return env_id.startswith("ALE/")
 
 
 def is_old_atari(env_id: str) -> bool:
@@ -1303,10 +1289,10 @@ def memory_needed(config: Config, observation_space: gym.Space, action_space: gy
     observation_bytes = math.prod(observation_space.shape) * (1 if len(observation_space.shape) == 3 else 4)
     action_size = math.prod(action_space.shape) if action_space.shape else 1
     per_step = observation_bytes + 8 * action_size + 4 * 4 + 3 * 4  # obs, action, log-prob, value; rewards, flags
-    buffer = 2 * config.batch_size * per_step
+    buffer = 2 * config.rollout_size * per_step
     outputs = int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else action_size
     # The KL penalty also runs the policy on the whole batch at once (the old distributions).
-    samples = config.batch_size if config.objective == "kl-penalty" else config.minibatch_size
+    samples = config.rollout_size if config.objective == "kl-penalty" else config.minibatch_size
     if len(observation_space.shape) == 3:
         # The cnn's linear layer dominates: at most one weight per pixel and feature.
         features = CNN_LAYERS[config.cnn][1]
@@ -1486,23 +1472,35 @@ def as_flag(name: str, value) -> str:
     return f"{flag_name(name)} {' '.join(map(str, value)) if isinstance(value, tuple) else value}"
 
 
-def checkpoint_state(learner: Learner, config: Config, global_step: int, recent_returns: typing.Sequence[float],
-                     schedule_start: tuple[int, float], device: torch.device) -> dict:
-    """A dict of state dicts and plain values: loadable with weights_only, never a pickled module.
-    Called on every rank: the runner and random state are each rank's own, so rank 0's go
-    to "runner" and "rng", and those of ranks 1 to K - 1 to "other_ranks"."""
+def checkpoint_state(learner: Learner, config: Config, iteration: int, global_step: int,
+                     recent_returns: typing.Sequence[float], schedule_start: tuple[int, float], device: torch.device) -> dict:
+    """A dict of state dicts and plain values, every tensor on the CPU: loadable with
+    torch.load(path, weights_only=True) on any machine, never a pickled module. Called on
+    every rank: the runner and random state are each rank's own, so rank 0's go to "runner"
+    and "rng", and those of ranks 1 to W - 1 to "other_ranks"."""
     ranks = gathered([{
         "runner": runner_state(learner.runner, recent_returns),
         "rng": {"torch": torch.get_rng_state(),  # on a GPU, sampling draws from its own generator
                 "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
     }])
-    return {
+    return on_the_cpu({
         "schedule_start": {"iteration": schedule_start[0], "learning_rate": float(schedule_start[1])},
         "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "env_id": config.env_id,
         "model": learner.agent.state_dict(), "optimizer": learner.optimizer.state_dict(),
-        "iteration": learner.iterations_done, "global_step": global_step, "kl_coef": float(learner.kl_coef),
+        "iteration": iteration, "global_step": global_step, "kl_coef": float(learner.kl_coef),
         **ranks[0], "other_ranks": ranks[1:],
-    }
+    })
+
+
+def on_the_cpu(value):
+    """value, with every tensor in it (in dicts, lists and tuples) copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: on_the_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_the_cpu(item) for item in value)
+    return value
 
 
 def write_atomically(path: str, write: typing.Callable[[str], None]) -> None:
@@ -1633,8 +1631,7 @@ def load_model_state(agent: nn.Module, state: dict, path: str) -> None:
 
 
 def restore_learner(learner: Learner, checkpoint: dict, path: str, config: Config, device: torch.device) -> list[float]:
-    """Load networks, optimizer, runner and random state and the iterations done; return the
-    run's recent returns."""
+    """Load networks, optimizer, runner and random state; return the run's recent returns."""
     load_model_state(learner.agent, checkpoint["model"], path)
     part = "optimizer"
     try:
@@ -1656,7 +1653,6 @@ def restore_learner(learner: Learner, checkpoint: dict, path: str, config: Confi
         raise UserError(f"{path} has a damaged {part!r} entry ({type(error).__name__}); use another checkpoint of the run") from None
     # beta goes on from its adapted value, unless the resume gives a new --kl-coef.
     learner.kl_coef = config.kl_coef if config.kl_coef != checkpoint["config"].kl_coef else checkpoint["kl_coef"]
-    learner.iterations_done = checkpoint["iteration"]
     return list(own["runner"]["recent_returns"])
 
 
@@ -1670,39 +1666,12 @@ def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float
     if config.learning_rate != saved_config.learning_rate:
         return checkpoint["iteration"], config.learning_rate
     if config.num_iterations != saved_config.num_iterations or config.anneal_lr != saved_config.anneal_lr:
-        rate = scheduled_rate(saved_config, start, checkpoint["iteration"])
+        rate = annealed_learning_rate(saved_config, checkpoint["iteration"], start)
         if config.anneal_lr and rate == 0 and checkpoint["iteration"] < config.num_iterations:
             raise UserError(f"this run's learning rate had decayed to 0 when it was saved, so more --total-steps "
                             f"alone would not train; also give a --learning-rate (it began at {saved_config.learning_rate:g})")
         return checkpoint["iteration"], rate
     return start
-
-
-def scheduled_rate(config: Config, schedule_start: tuple[int, float], iteration: int) -> float:
-    """The learning rate at an iteration of a schedule that decays linearly from
-    schedule_start's rate at its iteration to 0 after config's last; past that last
-    iteration, the start's rate."""
-    start_iteration, rate = schedule_start
-    if not config.anneal_lr:
-        return config.learning_rate
-    if config.num_iterations <= start_iteration:
-        return rate
-    return rate * (1.0 - (iteration - start_iteration) / (config.num_iterations - start_iteration))
-
-
-def config_for_schedule(config: Config, schedule_start: tuple[int, float]) -> Config:
-    """The config `learn` anneals from (Part I's `annealed_learning_rate`, from
-    config.learning_rate at iteration 0): config, with the learning rate at which a linear
-    decay that passes through schedule_start and reaches 0 after the last iteration begins,
-    so that it gives `scheduled_rate` at every iteration still to run. A fresh run, or one
-    continued as it was: config itself. That starting rate is no hyperparameter anyone
-    typed (it may exceed the bound of --learning-rate), so it is set without validation."""
-    iteration, rate = schedule_start
-    if (iteration == 0 and rate == config.learning_rate) or not config.anneal_lr or iteration >= config.num_iterations:
-        return config  # the rate of a run without annealing is config's; one past its end trains no more
-    schedule = copy.copy(config)
-    object.__setattr__(schedule, "learning_rate", rate * config.num_iterations / (config.num_iterations - iteration))
-    return schedule
 
 
 # ---------------------------------------------------------------------------------------
@@ -1724,10 +1693,6 @@ def say(text: str) -> None:
 
 class TrainingDiverged(Exception):
     """A loss or weight became NaN or infinite."""
-
-
-class PolicyDiverged(Exception):
-    """The policy's action probabilities became NaN or infinite (CategoricalActor.sample)."""
 
 
 class RunFolderUnwritable(Exception):
@@ -1917,13 +1882,14 @@ class MetricsLog:
             self.tensorboard = SummaryWriter(run_dir)
 
     def write(self, row: dict, num_iterations: int) -> None:
-        self.writer.writerow(row)
+        self.writer.writerow({name: row[name] for name in METRIC_COLUMNS})
         self.file.flush()
         if self.tensorboard:
             for name in METRIC_COLUMNS[2:]:
                 if row[name] != "":  # kl_coef is empty under the clip objective
                     self.tensorboard.add_scalar(name, row[name], row["global_step"])
         say(f"iter {row['iteration']:>4}/{num_iterations} | step {row['global_step']:>9,} | "
+            f"{clock(row['wall_seconds'])}<{clock(row['seconds_left'])} | "
             f"{row['steps_per_second']:>6,.0f} sps | return {row['mean_return']:8.2f} ({row['episodes']} ep) | "
             f"policy {row['policy_loss']:+.4f} value {row['value_loss']:.4f} entropy {row['entropy']:.3f} "
             f"kl {row['approx_kl']:.4f} clip {row['clip_fraction']:.3f} ev {row['explained_variance']:+.2f}"
@@ -1933,6 +1899,13 @@ class MetricsLog:
         self.file.close()
         if self.tensorboard:
             self.tensorboard.close()
+
+
+def clock(seconds: float) -> str:
+    """Seconds as a clock reads them: 75 -> 1:15, 3725 -> 1:02:05."""
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
 class RunFolder:
@@ -2015,9 +1988,19 @@ class StopSignals:
             signal.signal(number, handler)
 
 
-def all_finite(agent: nn.Module, diagnostics: dict) -> bool:
-    losses_finite = all(math.isfinite(diagnostics[name]) for name in ("policy_loss", "value_loss", "entropy"))
-    return losses_finite and bool(torch.stack([torch.isfinite(weight).all() for weight in agent.parameters()]).all())  # one wait for a GPU
+def what_diverged(learner: Learner, diagnostics: dict) -> typing.Optional[str]:
+    """What became NaN or infinite in the iteration just run, or None: the policy's action
+    probabilities on any rank (logits that overflowed; CategoricalActor.sample goes on
+    sampling so that a GPU does not abort), else a loss or a weight. One wait for a GPU."""
+    finite = torch.stack([torch.isfinite(learner.buffer.old_log_probs).all(),
+                          *(torch.isfinite(weight).all() for weight in learner.agent.parameters())])
+    ranks_finite = sum_over_ranks(finite.double()).tolist()  # of each check, on how many ranks it holds
+    if ranks_finite[0] < world_size():
+        return "the policy's probabilities became NaN or infinite"
+    losses = (diagnostics[name] for name in ("policy_loss", "value_loss", "entropy"))
+    if not all(math.isfinite(loss) for loss in losses) or min(ranks_finite) < world_size():
+        return "a loss or weight became NaN or infinite"
+    return None
 
 
 # The learning curve: metrics.csv drawn as learning-curve.png, redrawn with checkpoints
@@ -2312,7 +2295,7 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
     Everything comes in through the arguments. `resume` is a checkpoint path: training
     continues from it (networks, optimizer, normalizers, random state and, where the
     environment allows, the episodes in progress) up to config.total_steps.
-    Started by torchrun with K processes, each is one rank of a data-parallel run
+    Started by torchrun with W processes, each is one rank of a data-parallel run
     (section 11): rank 0 alone claims the run folder, writes to it and prints.
     """
     with process_group(resolve_device(config.device)) as device:
@@ -2345,73 +2328,87 @@ def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
 
 
 def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.Optional[dict], resume: typing.Optional[str]) -> dict:
-    """A run's life, in a folder that is its own. Start: memory, the learner (with its torch
-    threads) and what a checkpoint restores. Iterate: Part I's `learn`, each iteration logged, checked
-    for divergence, and saved every save_every iterations. Stop: solved, a stop signal or
-    the last iteration, each with a final checkpoint; a divergence keeps the last good one."""
+    """A run's life, in a folder that is its own. Start: memory, the learner (section 9) and
+    what a checkpoint restores. Iterate: Part I's `ppo_iteration`, as `learn` does, from the
+    iteration the checkpoint reached; each iteration logged, checked for divergence, and saved
+    every save_every iterations. Stop: solved, a stop signal or the last iteration, each with
+    a final checkpoint; a divergence keeps the last good one."""
     keep_freed_memory()
     learner = build_learner(config, device)
-    join_ranks(learner, config.seed, device)  # section 11: nothing to do in one process
-    if learner.agent.bfloat16 and bfloat16_is_slow(device):
+    if isinstance(learner.agent.encoder, BFloat16Encoder) and bfloat16_is_slow(device):
         say(f"note: --precision bfloat16 on a CPU without AVX-512 ({torch.backends.cpu.get_cpu_capability()}) is slow: "
             "the Pong preset trained 5.8x slower than in float32 on an AVX2 AMD EPYC; --precision float32 is faster here")
+    join_ranks(learner, config.seed, device)  # section 11: nothing to do in one process
     recent_returns: deque = deque(maxlen=config.return_window)  # the mean return logged is of these episodes
     try:
         if checkpoint:
             recent_returns.extend(restore_learner(learner, checkpoint, resume, config, device))
         schedule_start = resumed_schedule_start(checkpoint, config) if checkpoint else (0, config.learning_rate)
-        schedule = config_for_schedule(config, schedule_start)
     except BaseException:
         learner.envs.close()
         raise
+    iterations_done = checkpoint["iteration"] if checkpoint else 0
     global_step = checkpoint["global_step"] if checkpoint else 0
     folder = RunFolder(run_dir, config)
     metrics: dict = {"global_step": global_step, "mean_return": float("nan")}
     status, stop_signal = "finished", None
-    start_time, start_step = time.time(), global_step
+    progress = Progress(iterations_done, config.num_iterations, global_step)
+
+    def state() -> dict:
+        return checkpoint_state(learner, config, iterations_done, global_step, recent_returns, schedule_start, device)
+
     try:
-        on_rank_0(folder.open, learner.iterations_done if checkpoint else None)
+        on_rank_0(folder.open, iterations_done if checkpoint else None)
         with StopSignals() as stop:
-            try:
-                for diagnostics in learn(schedule, learner):
-                    diagnostics = over_all_ranks(diagnostics)  # section 11: one process's are all there are
-                    global_step += diagnostics.pop("environment_steps")
-                    recent_returns.extend(diagnostics.pop("episode_returns"))
-                    if not all_finite(learner.agent, diagnostics):
-                        raise folder.divergence_error(diagnostics["iteration"], "a loss or weight became NaN or infinite")
-                    now = time.time()
-                    metrics = {"global_step": global_step, "wall_seconds": round(now - start_time, 3), "kl_coef": "", **diagnostics,
-                               "mean_return": float(np.mean(recent_returns)) if recent_returns else float("nan"),
-                               "episodes": len(recent_returns),
-                               "steps_per_second": (global_step - start_step) / max(now - start_time, 1e-9)}
-                    on_rank_0(folder.write_metrics, metrics)
-                    # Every rank holds the same returns (section 11), so every rank decides alike.
-                    solved = (config.target_return is not None and metrics["episodes"] == config.return_window
-                              and metrics["mean_return"] >= config.target_return)
-                    if solved:
-                        status = "solved"
-                        say(f"solved: mean return {metrics['mean_return']:.1f} >= {config.target_return} "
-                            f"over the last {config.return_window} episodes")
-                    # A signal may reach the ranks in different iterations: all stop at the first rank's.
-                    stop_signal = next((number for number in gathered([stop.received]) if number is not None), None)
-                    if stop_signal is not None:
-                        status = "interrupted"
-                    if solved or stop_signal is not None:
-                        break
-                    if learner.iterations_done % config.save_every == 0:
-                        on_rank_0(folder.save, checkpoint_state(learner, config, global_step, recent_returns, schedule_start, device), False)
-            except PolicyDiverged:  # logits that overflowed: no probabilities to sample from
-                where = f" on rank {rank()}" if world_size() > 1 else ""  # found by this rank alone: it says so itself
-                error = folder.divergence_error(learner.iterations_done + 1, f"the policy's probabilities became NaN or infinite{where}")
-                error.this_rank_alone = world_size() > 1
-                raise error from None
-            # Never reached after a divergence: the last good checkpoint stays.
-            on_rank_0(folder.save, checkpoint_state(learner, config, global_step, recent_returns, schedule_start, device), True)
+            for iteration in range(iterations_done, config.num_iterations):
+                learning_rate = annealed_learning_rate(config, iteration, schedule_start)
+                diagnostics = over_all_ranks(ppo_iteration(learner, config, learning_rate))  # section 11
+                iterations_done, global_step = iteration + 1, global_step + diagnostics.pop("environment_steps")
+                recent_returns.extend(diagnostics.pop("episode_returns"))
+                problem = what_diverged(learner, diagnostics)
+                if problem:
+                    raise folder.divergence_error(iterations_done, problem)
+                metrics = {"iteration": iterations_done, "learning_rate": learning_rate, "kl_coef": "", **diagnostics,
+                           "mean_return": float(np.mean(recent_returns)) if recent_returns else float("nan"),
+                           "episodes": len(recent_returns), **progress.at(iterations_done, global_step)}
+                on_rank_0(folder.write_metrics, metrics)
+                # Every rank holds the same returns (section 11), so every rank decides alike.
+                solved = (config.target_return is not None and metrics["episodes"] == config.return_window
+                          and metrics["mean_return"] >= config.target_return)
+                if solved:
+                    status = "solved"
+                    say(f"solved: mean return {metrics['mean_return']:.1f} >= {config.target_return} "
+                        f"over the last {config.return_window} episodes")
+                # A signal may reach the ranks in different iterations: all stop at the first rank's.
+                stop_signal = next((number for number in gathered([stop.received]) if number is not None), None)
+                if stop_signal is not None:
+                    status = "interrupted"
+                if solved or stop_signal is not None:
+                    break
+                if iterations_done % config.save_every == 0:
+                    on_rank_0(folder.save, state(), False)
+            on_rank_0(folder.save, state(), True)  # never reached after a divergence: the last good one stays
     finally:
         folder.close()
         learner.envs.close()
     say(f"{status}: checkpoint saved to {folder.checkpoint_path}")
     return {**metrics, "status": status, "signal": stop_signal, "checkpoint": folder.checkpoint_path, "run_dir": run_dir}
+
+
+class Progress:
+    """The clock of a run: wall seconds since it started (or resumed), steps per second, and
+    the time left at the rate of the iterations so far."""
+
+    def __init__(self, iteration: int, last_iteration: int, global_step: int):
+        self.start_time, self.start_iteration, self.start_step = time.time(), iteration, global_step
+        self.last_iteration = last_iteration
+
+    def at(self, iteration: int, global_step: int) -> dict:
+        elapsed = max(time.time() - self.start_time, 1e-9)
+        seconds_per_iteration = elapsed / max(iteration - self.start_iteration, 1)
+        return {"global_step": global_step, "wall_seconds": round(elapsed, 3),
+                "steps_per_second": (global_step - self.start_step) / elapsed,
+                "seconds_left": round(seconds_per_iteration * (self.last_iteration - iteration), 1)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -2604,6 +2601,12 @@ def show_and_keep(envs: gym.vector.VectorEnv, raw: np.ndarray, window: typing.Op
         pictures.append(Image.fromarray(now).quantize(256, method=Image.Quantize.FASTOCTREE))  # 5x faster than median cut
 
 
+def deterministic_action(agent: ActorCritic, observations: torch.Tensor) -> torch.Tensor:
+    """The most likely action of each state: the argmax of pi(.|s), or the Gaussian's mean."""
+    actor_output = agent.actor(agent.encoder(observations))
+    return actor_output.argmax(dim=-1) if isinstance(agent.actor, CategoricalActor) else actor_output
+
+
 def evaluate(path: str, episodes: int, watch: bool = False, device: typing.Optional[str] = None, record: typing.Optional[str] = None,
              max_episode_steps: typing.Optional[int] = None) -> tuple[float, float]:
     """Run `episodes` episodes with the deterministic policy (argmax or mean action) of a
@@ -2633,10 +2636,16 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: typing.Optio
     shown_pictures = watch or record is not None
     if shown_pictures and is_mujoco(config.env_id) and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["MUJOCO_GL"] = "egl"  # no display: MuJoCo draws off screen through EGL
-    envs = make_environments(config, 1, render_mode="rgb_array" if shown_pictures and not is_atari(config.env_id) else None)
+    if shown_pictures and not is_atari(config.env_id):  # one copy that draws its pictures
+        envs = gym.make_vec(config.env_id, num_envs=1, vectorization_mode="sync", render_mode="rgb_array",
+                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
+    else:
+        envs = make_environments(config, 1)
     if shown_pictures and is_atari(config.env_id):
         envs = ScreenBeside(envs, make_screen_environment(config))
-    agent = build_actor_critic(envs.single_observation_space, envs.single_action_space, config).to(torch_device)
+    agent = build_actor_critic(envs.single_observation_space, envs.single_action_space, config)
+    set_precision(agent, config.precision)
+    agent.to(torch_device)
     load_model_state(agent, checkpoint["model"], path)
     agent.eval()
     normalizer = None
@@ -2669,7 +2678,7 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: typing.Optio
         while len(returns) < episodes:
             observations = normalizer(raw) if normalizer else raw
             with torch.inference_mode():
-                actions = agent.deterministic_action(observation_tensor(observations, torch_device)).cpu().numpy()
+                actions = deterministic_action(agent, observation_tensor(observations, torch_device)).cpu().numpy()
             if continuous:
                 actions = np.clip(actions, envs.single_action_space.low, envs.single_action_space.high)
             raw, reward, terminated, truncated, _ = envs.step(actions)
@@ -2882,7 +2891,7 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
             config = make_config(**arguments)
         metrics = ppo(config, resume=resume)
     except (UserError, TrainingDiverged, RunFolderUnwritable) as error:
-        if is_first_process() or getattr(error, "this_rank_alone", False):  # else every rank has the same error; rank 0 says it
+        if is_first_process():  # every rank has the same error; rank 0 says it
             print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UserError) else 1
     except KeyboardInterrupt:

@@ -71,10 +71,10 @@ def minibatch(agent, objective):
     advantages = torch.randn(SAMPLES, generator=generator)
     advantages[:FIRST_PART] += 2.0
     batch = {"observations": observations, "actions": actions,
-             "log_probs": log_probs + 0.3 * torch.randn(SAMPLES, generator=generator),
-             "values": values, "advantages": advantages, "returns": torch.randn(SAMPLES, generator=generator)}
+             "old_log_probs": log_probs + 0.3 * torch.randn(SAMPLES, generator=generator),
+             "old_values": values, "advantages": advantages, "value_targets": torch.randn(SAMPLES, generator=generator)}
     if objective == "kl-penalty":
-        batch["old_distributions"] = ppo.evaluate_rollout(agent, observations, actions, SAMPLES)[2]
+        batch["old_distribution_parameters"] = ppo.evaluate_rollout(agent, observations, actions, SAMPLES)[2]
     return batch
 
 
@@ -84,7 +84,8 @@ def gradient_of_update(batch, config, data_parallel=False):
     agent = fresh_agent(config)
     before = [weight.detach().clone() for weight in agent.parameters()]
     trained = ppo.DataParallelAgent(agent) if data_parallel else agent
-    losses = ppo.update(trained, torch.optim.SGD(agent.parameters(), lr=1.0), batch, config, config.kl_coef)
+    losses = ppo.update(trained, torch.optim.SGD(agent.parameters(), lr=1.0), batch, config, config.kl_coef,
+                        ppo.mean_over_ranks)
     return [old - new.detach() for old, new in zip(before, agent.parameters())], losses
 
 

@@ -456,20 +456,20 @@ def test_more_total_steps_on_resume_continue_the_learning_rate_without_a_jump(tm
     assert rates[8:] == pytest.approx([1e-3 * (1 - j / 4) for j in range(4)])
 
 
-def test_a_resumed_schedule_gives_learn_the_rates_it_had_past_its_end_and_above_any_flag_bound(tmp_path):
-    """config_for_schedule hands Part I's annealing (from learning_rate at iteration 0) a
-    starting rate that reproduces the resumed schedule; that rate is no flag anyone typed, so
-    it may exceed 1 (a new --learning-rate 0.1 at the last of 17 iterations begins at 1.7)."""
+def test_a_resumed_schedule_decays_from_the_rate_and_iteration_it_was_taken_up_at(tmp_path):
+    """annealed_learning_rate from start = (iteration, rate), the one schedule of a fresh run
+    and a resumed one: a new --learning-rate 0.1 at the last of 17 iterations is 0.1 there; a
+    rate of 1e-3 taken up at iteration 8 decays linearly to 0 after the last; a run saved past
+    the end of a shorter schedule keeps its rate; start (0, learning_rate) is the fresh
+    schedule exactly, so a resume with the same total steps is bit-identical."""
     config = cartpole(tmp_path, total_steps=17 * 512)  # 17 iterations
-    schedule = ppo.config_for_schedule(config, (16, 0.1))
-    assert schedule.learning_rate == pytest.approx(1.7) and ppo.annealed_learning_rate(schedule, 16) == pytest.approx(0.1)
-    assert ppo.scheduled_rate(config, (16, 0.1), 16) == pytest.approx(0.1)
-    halfway = ppo.config_for_schedule(config, (8, 1e-3))
+    assert ppo.annealed_learning_rate(config, 16, (16, 0.1)) == pytest.approx(0.1)
     for iteration in range(8, 17):
-        assert ppo.annealed_learning_rate(halfway, iteration) == pytest.approx(ppo.scheduled_rate(config, (8, 1e-3), iteration))
+        assert ppo.annealed_learning_rate(config, iteration, (8, 1e-3)) == pytest.approx(1e-3 * (1 - (iteration - 8) / 9))
     shorter = cartpole(tmp_path, total_steps=4 * 512)  # a run saved at iteration 8 of a schedule now 4 long keeps its rate
-    assert ppo.scheduled_rate(shorter, (8, 1e-3), 8) == 1e-3
-    assert ppo.config_for_schedule(config, (0, config.learning_rate)) is config
+    assert ppo.annealed_learning_rate(shorter, 8, (8, 1e-3)) == 1e-3
+    fresh = [ppo.annealed_learning_rate(config, iteration) for iteration in range(17)]
+    assert [ppo.annealed_learning_rate(config, iteration, (0, config.learning_rate)) for iteration in range(17)] == fresh
 
 
 def test_ctrl_c_during_eval_says_evaluation_stopped(tmp_path, capsys, monkeypatch):

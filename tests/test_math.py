@@ -72,16 +72,16 @@ def test_buffer_bootstraps_truncation_from_the_final_observation_and_skips_the_r
                      np.array([rewards[t]]), np.array([False]), np.array([truncated[t]]), np.array([t != 2]))
     buffer.store_old_policy(torch.zeros(4), torch.tensor(values), torch.zeros(4, 2))
     gamma, gae_lambda = 0.9, 0.8
-    advantages, returns = buffer.advantages_and_returns(torch.tensor([5.0]), gamma, gae_lambda)
+    advantages, value_targets = buffer.advantages_and_value_targets(torch.tensor([5.0]), gamma, gae_lambda)
     delta_1 = 1.0 + gamma * 7.0 - 2.0  # bootstraps from V(final observation), not from the reset state
     delta_0 = 1.0 + gamma * 2.0 - 1.0
     delta_3 = 1.0 + gamma * 5.0 - 3.0
     assert advantages[1, 0].item() == pytest.approx(delta_1)
     assert advantages[0, 0].item() == pytest.approx(delta_0 + gamma * gae_lambda * delta_1)
     assert advantages[3, 0].item() == pytest.approx(delta_3)
-    batch = buffer.flatten_valid(advantages, returns)
+    batch = buffer.flatten_valid(advantages, value_targets)
     assert batch["advantages"].shape == (3,)  # the autoreset step is no transition
-    np.testing.assert_allclose(batch["returns"].numpy(), (advantages + buffer.values)[[0, 1, 3], 0].numpy())
+    np.testing.assert_allclose(batch["value_targets"].numpy(), (advantages + buffer.old_values)[[0, 1, 3], 0].numpy())
 
 
 def test_next_step_autoreset_returns_the_final_observation_then_the_reset_one():
@@ -134,7 +134,8 @@ def test_categorical_actor_matches_torch_distributions():
     assert actions.shape == (7,) and actions.dtype == torch.int64
     torch.testing.assert_close(actor.log_prob(log_probs, actions), reference.log_prob(actions))
     torch.testing.assert_close(actor.entropy(log_probs), reference.entropy())
-    torch.testing.assert_close(actor.mode(log_probs), reference.probs.argmax(-1))
+    agent = ppo.ActorCritic(torch.nn.Identity(), actor, ppo.Critic(torch.nn.Linear(5, 1)))
+    torch.testing.assert_close(ppo.deterministic_action(agent, features), reference.probs.argmax(-1))
 
 
 def test_gaussian_actor_matches_torch_distributions_summed_over_dimensions():
@@ -269,8 +270,8 @@ def small_agent_and_batch(seed=0, size=32):
     with torch.no_grad():
         actions = agent.act(observations)
         log_probs, _, values, _ = agent(observations, actions)
-    batch = {"observations": observations, "actions": actions, "log_probs": log_probs, "values": values,
-             "advantages": torch.randn(size), "returns": values + torch.randn(size)}
+    batch = {"observations": observations, "actions": actions, "old_log_probs": log_probs, "old_values": values,
+             "advantages": torch.randn(size), "value_targets": values + torch.randn(size)}
     return agent, batch, config
 
 
@@ -283,12 +284,12 @@ def reference_update(agent, batch, config):
         for indices in torch.tensor_split(order, config.num_minibatches):
             logits = agent.actor.logits_net(batch["observations"][indices])
             distribution = torch.distributions.Categorical(logits=logits)
-            ratio = torch.exp(distribution.log_prob(batch["actions"][indices]) - batch["log_probs"][indices])
+            ratio = torch.exp(distribution.log_prob(batch["actions"][indices]) - batch["old_log_probs"][indices])
             advantages = batch["advantages"][indices]
             advantages = (advantages - advantages.mean()) / (max(advantages.std(), config.advantage_std_floor) + 1e-8)
             surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef) * advantages)
             values = agent.critic.value_net(batch["observations"][indices]).squeeze(-1)
-            loss = (-surrogate.mean() + config.vf_coef * 0.5 * ((values - batch["returns"][indices]) ** 2).mean()
+            loss = (-surrogate.mean() + config.vf_coef * 0.5 * ((values - batch["value_targets"][indices]) ** 2).mean()
                     - config.ent_coef * distribution.entropy().mean())
             optimizer.zero_grad()
             loss.backward()
@@ -327,9 +328,9 @@ def test_update_reports_means_over_every_gradient_step():
     optimizer = counting_optimizer(agent, config, steps)
     value_losses = []
     original_value_loss = ppo.value_loss
-    def recorded_value_loss(values, returns):
-        value_losses.append(original_value_loss(values, returns).item())
-        return original_value_loss(values, returns)
+    def recorded_value_loss(values, value_targets):
+        value_losses.append(original_value_loss(values, value_targets).item())
+        return original_value_loss(values, value_targets)
     ppo.value_loss = recorded_value_loss
     try:
         losses = ppo.update(agent, optimizer, batch, config, config.kl_coef)
@@ -389,7 +390,7 @@ def test_gaussian_kl_matches_torch_distributions_summed_over_dimensions():
     torch.testing.assert_close(ppo.gaussian_kl(old_mean, old_log_std, new_mean, new_log_std), reference)
     actor = ppo.GaussianActor(torch.nn.Linear(5, 3), action_dim=3, log_std_init=-0.3)
     mean = actor(torch.randn(6, 5))
-    assert torch.all(actor.kl_divergence(actor.distribution(mean), mean).abs() < 1e-6)  # KL[p || p] = 0
+    assert torch.all(actor.kl_divergence(actor.distribution_parameters(mean), mean).abs() < 1e-6)  # KL[p || p] = 0
 
 
 @pytest.mark.parametrize("mean_kl, expected", [(0.001, 0.5), (0.0066, 0.5), (0.0067, 1.0), (0.01, 1.0),
@@ -424,11 +425,12 @@ def test_bfloat16_runs_the_cnn_in_bfloat16_and_hands_float32_to_the_heads():
     config = ppo.make_config("Pong", cnn="small")
     torch.manual_seed(0)
     full = ppo.build_actor_critic(frames, gym.spaces.Discrete(6), config)
-    low = ppo.build_actor_critic(frames, gym.spaces.Discrete(6), ppo.dataclasses.replace(config, precision="bfloat16"))
+    low = ppo.build_actor_critic(frames, gym.spaces.Discrete(6), config)
+    assert ppo.set_precision(low, "bfloat16")
     assert low.state_dict().keys() == full.state_dict().keys()  # a checkpoint serves either precision
     low.load_state_dict(full.state_dict())
     observations = torch.randint(0, 256, (8, 3, 84, 84), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    exact, rounded = full.features(observations), low.features(observations)
+    exact, rounded = full.encoder(observations), low.encoder(observations)
     assert rounded.dtype == torch.float32 and all(weight.dtype == torch.float32 for weight in low.parameters())
     # bfloat16 keeps 8 bits of mantissa: close to float32, and not equal to it (autocast is on).
     assert not torch.equal(rounded, exact)
@@ -438,6 +440,5 @@ def test_bfloat16_runs_the_cnn_in_bfloat16_and_hands_float32_to_the_heads():
     first_convolution = low.encoder[1][0].weight
     assert first_convolution.grad is not None and first_convolution.grad.dtype == torch.float32
     # Vector observations have no cnn: the setting leaves their mlps in float32.
-    vector = ppo.build_actor_critic(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2),
-                                    ppo.make_config("CartPole", precision="bfloat16"))
-    assert not vector.bfloat16
+    vector = ppo.build_actor_critic(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), ppo.make_config("CartPole"))
+    assert not ppo.set_precision(vector, "bfloat16") and isinstance(vector.encoder, torch.nn.Identity)

@@ -79,15 +79,15 @@ def test_same_seed_gives_identical_metrics_and_parameters(tmp_path):
 
 def test_learn_is_the_loop_that_ppo_runs(tmp_path, monkeypatch):
     """Part I's learn(), called from Python, yields each iteration's diagnostics, and they
-    are what ppo() writes to metrics.csv for the same config on the same machine: ppo()
-    wraps that loop (it calls learn once) rather than running one of its own."""
+    are what ppo() writes to metrics.csv for the same config on the same machine: ppo() runs
+    Part I's ppo_iteration once per iteration, at the rates learn anneals, as learn does."""
     config = short_cartpole(tmp_path)
     yielded = list(ppo.learn(config))
-    calls = []
-    real_learn = ppo.learn
-    monkeypatch.setattr(ppo, "learn", lambda *arguments: calls.append(arguments) or real_learn(*arguments))
+    rates = []
+    real_iteration = ppo.ppo_iteration
+    monkeypatch.setattr(ppo, "ppo_iteration", lambda learner, config, rate: rates.append(rate) or real_iteration(learner, config, rate))
     ppo.ppo(config)
-    assert len(calls) == 1
+    assert rates == [diagnostics["learning_rate"] for diagnostics in yielded]
     with open(tmp_path / "metrics.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert [diagnostics["iteration"] for diagnostics in yielded] == list(range(1, config.num_iterations + 1))
@@ -115,14 +115,12 @@ def test_metrics_are_means_over_the_iteration_and_the_csv_has_a_row_per_iteratio
 @pytest.mark.long
 def test_pong_pipeline_keeps_uint8_frames_and_reports_game_scores():
     config = ppo.make_config("Pong", num_envs=2, num_steps=1100, num_minibatches=2, cnn="small")
-    envs = ppo.make_environments(config, config.num_envs)
+    learner = ppo.build_learner(config, torch.device("cpu"))
+    envs, agent, buffer = learner.envs, learner.agent, learner.buffer
     assert envs.single_observation_space.shape == (3, 84, 84)
-    agent = ppo.build_actor_critic(envs.single_observation_space, envs.single_action_space, config)
     assert isinstance(agent.actor, ppo.CategoricalActor) and isinstance(agent.encoder[0], ppo.FramePreStacking)
-    buffer = ppo.PPOBuffer(config.num_steps, config.num_envs, envs.single_observation_space, envs.single_action_space, torch.device("cpu"))
-    runner = ppo.Runner(envs, config, torch.device("cpu"))
     torch.manual_seed(0)
-    episode_returns, last_values = runner.collect(agent, buffer)
+    episode_returns, last_values = learner.runner.collect(agent, buffer)
     envs.close()
     assert buffer.observations.shape == (1100, 2, 3, 84, 84) and buffer.observations.dtype == torch.uint8
     assert buffer.actions.shape == (1100, 2) and buffer.actions.dtype == torch.int64
@@ -171,34 +169,31 @@ def test_generic_environment_ids_choose_actor_and_network_from_their_spaces(tmp_
 
 def test_the_buffer_stores_the_unclipped_action_and_the_update_uses_its_log_prob():
     config = ppo.make_config("Pendulum", num_envs=2, num_steps=64, num_minibatches=2, log_std_init=1.5)
-    envs = ppo.make_environments(config, config.num_envs)
-    agent = ppo.build_actor_critic(envs.single_observation_space, envs.single_action_space, config)
-    buffer = ppo.PPOBuffer(config.num_steps, config.num_envs, envs.single_observation_space, envs.single_action_space, torch.device("cpu"))
+    learner = ppo.build_learner(config, torch.device("cpu"))
+    agent, buffer = learner.agent, learner.buffer
     torch.manual_seed(0)
-    ppo.Runner(envs, config, torch.device("cpu")).collect(agent, buffer)
-    envs.close()
+    learner.runner.collect(agent, buffer)
+    learner.envs.close()
     assert buffer.actions.abs().max() > 2.0  # outside Pendulum's [-2, 2]: stored unclipped
-    advantages, returns = buffer.advantages_and_returns(torch.zeros(2), config.gamma, config.gae_lambda)
-    batch = buffer.flatten_valid(advantages, returns)
+    advantages, value_targets = buffer.advantages_and_value_targets(torch.zeros(2), config.gamma, config.gae_lambda)
+    batch = buffer.flatten_valid(advantages, value_targets)
     with torch.no_grad():
         new_log_probs, _, _, _ = agent(batch["observations"], batch["actions"])
         mean = agent.actor(batch["observations"])
         clipped_log_probs = agent.actor.log_prob(mean, batch["actions"].clamp(-2.0, 2.0))
-    torch.testing.assert_close(new_log_probs, batch["log_probs"])  # ratio 1 before the first step
-    assert not torch.allclose(clipped_log_probs, batch["log_probs"])
+    torch.testing.assert_close(new_log_probs, batch["old_log_probs"])  # ratio 1 before the first step
+    assert not torch.allclose(clipped_log_probs, batch["old_log_probs"])
 
 
 def test_normalizers_round_trip_through_a_checkpoint_exactly(tmp_path):
     config = ppo.make_config("Pendulum", num_envs=2, num_steps=64, num_minibatches=2)
     device = torch.device("cpu")
-    envs = ppo.make_environments(config, config.num_envs)
-    agent = ppo.build_actor_critic(envs.single_observation_space, envs.single_action_space, config)
-    buffer = ppo.PPOBuffer(config.num_steps, config.num_envs, envs.single_observation_space, envs.single_action_space, device)
-    runner = ppo.Runner(envs, config, device)
-    runner.collect(agent, buffer)
+    learner = ppo.build_learner(config, device)
+    runner = learner.runner
+    runner.collect(learner.agent, learner.buffer)
     path = str(tmp_path / "checkpoint.pt")
     ppo.save_checkpoint(path, {"runner": ppo.runner_state(runner, [])})
-    restored = ppo.Runner(ppo.make_environments(config, config.num_envs), config, device)
+    restored = ppo.build_learner(config, device).runner
     ppo.restore_runner(restored, torch.load(path, weights_only=True)["runner"], reset_seed=0)
     for name in ("mean", "var"):
         assert np.array_equal(getattr(restored.observation_normalizer.statistics, name), getattr(runner.observation_normalizer.statistics, name))
