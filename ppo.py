@@ -674,58 +674,100 @@ class FramePreStacking(nn.Module):
 # flag's --help text. Part I reads the hyperparameters by the papers' symbols.
 
 
-def option(default, help: str):
-    """A Config field and its documentation, which is also its flag's --help text."""
-    return field(default=default, metadata={"help": help})
+def option(default, help: str, family: str = "other settings", within: typing.Optional[str] = None,
+           fixed_on_resume: bool = False, learning: bool = True):
+    """A Config field and all that ppo.py does with it: its default, the family of flags its
+    --help line is in, its meaning (the --help text), the values it takes (`within`, as
+    "(0, 1]", "[0, 1)", "> 0" or ">= 0", checked by check_config), whether a resume must keep
+    it (it shapes the networks or the saved state), and whether it changes what a run learns
+    (--plot groups runs by the settings that do)."""
+    rules = {"help": help, "family": family, "within": within, "fixed_on_resume": fixed_on_resume, "learning": learning}
+    return field(default=default, metadata=rules)
 
 
 @dataclass(frozen=True)
 class Config:
-    """Every hyperparameter of a run. Symbols are those of the PPO and GAE papers. The
-    defaults are generic; a preset's values come from `make_config` (section 17), so a
-    Config names its environment: make_config("CartPole") is the CartPole preset."""
+    """Every setting of a run, each field in one place. Symbols are those of the PPO and GAE
+    papers. The defaults are generic; a preset's values come from `make_config` (section 17),
+    so a Config names its environment: make_config("CartPole") is the CartPole preset."""
 
-    env: str = field(metadata={"help": "gymnasium environment id (Acrobot-v1, ALE/Breakout-v5) or a preset: CartPole, Pendulum, Pong"})
-    seed: int = option(1, "seed of the environments, network initialization and sampling; 0 to 2**32 - 1")
-    device: str = option("cpu", "torch device: cpu, cuda, cuda:1")
-    total_steps: int = option(500_000, "N * T slots to train for (autoreset steps included, so the logged step count of real transitions is a little lower)")
-    num_envs: int = option(4, "N, parallel environments; typically 1 to 64")
-    num_steps: int = option(128, "T, rollout length per environment per iteration, at least 2; typically 16 to 2048")
-    num_minibatches: int = option(4, "minibatches per epoch; num_envs * num_steps must split into minibatches of at least 8 steps")
-    update_epochs: int = option(4, "K, passes over each rollout; typically 3 to 30")
-    learning_rate: float = option(2.5e-4, "Adam step size alpha, at most 1; typically 1e-4 to 3e-3")
-    anneal_lr: bool = option(True, "decay the learning rate linearly to 0 over the run; a resume with more --total-steps decays it from where it was to 0 at the new end")
-    gamma: float = option(0.99, "gamma, discount factor in (0, 1]; typically 0.9 to 0.999")
-    gae_lambda: float = option(0.95, "lambda of GAE in (0, 1]; 1 is Monte Carlo, towards 0 one-step TD; typically 0.8 to 0.99")
-    objective: typing.Literal["clip", "kl-penalty"] = option("clip", "the surrogate objective: clip (PPO eq. 7) or kl-penalty (the adaptive KL penalty, PPO eq. 8)")
-    clip_coef: float = option(0.2, "epsilon, clip range of the probability ratio, in (0, 1); typically 0.1 to 0.3; not annealed (clip objective)")
-    kl_coef: float = option(1.0, "beta, the initial weight of the KL penalty, adapted after every iteration (kl-penalty objective)")
-    kl_penalty_target: float = option(0.01, "d_targ, the KL per iteration the penalty's beta is adapted towards (kl-penalty objective); typically 0.003 to 0.03")
-    ent_coef: float = option(0.01, "c2, weight of the entropy bonus; typically 0 to 0.03")
-    vf_coef: float = option(0.5, "weight of the value loss (V - R)^2 / 2, so the paper's c1 is vf_coef / 2; typically 0.5 to 1")
-    max_grad_norm: float = option(0.5, "clip the global gradient norm to this; typically 0.5")
-    target_kl: typing.Optional[float] = option(None, "end an iteration's whole update once approx KL exceeds this (none: never); typically 0.01 to 0.05")
-    normalize_advantages: bool = option(True, "normalize advantages to zero mean, unit std per minibatch")
-    advantage_std_floor: float = option(0.0, "with normalize_advantages, divide by at least this std, so that advantages that are all noise (near-constant returns) are not scaled up; 0: by the std itself")
-    hidden_sizes: typing.Tuple[int, ...] = option((64, 64), "widths of the hidden layers of the mlp actor and critic")
-    activation: typing.Literal["tanh", "relu"] = option("tanh", "activation of the mlp: tanh or relu")
-    cnn: typing.Literal["nature", "small"] = option("nature", "convolutional network for image observations: nature (32-64-64 conv, 512 linear) or small (16-32 conv, 256 linear)")
-    precision: typing.Literal["float32", "bfloat16"] = option("float32", "number format of the cnn (image observations): float32, or bfloat16 through torch.autocast, faster where the CPU or GPU has bf16 units and much slower on a CPU without AVX-512; weights, heads and losses stay float32")
-    log_std_init: float = option(0.0, "initial log standard deviation of the Gaussian actor (continuous actions); -10 to 2, typically -1 to 0")
-    normalize_observations: bool = option(False, "normalize observations by a running mean and std (continuous control)")
-    observation_clip: float = option(10.0, "clip normalized observations to [-c, c]")
-    scale_rewards: bool = option(False, "divide rewards by a running std of the discounted return (continuous control)")
-    clip_rewards: bool = option(False, "train on the sign of each reward (Atari); episode returns are still logged unclipped")
-    frame_skip: int = option(4, "Atari: emulator frames per agent step (the last two are max-pooled)")
-    frame_size: int = option(84, "Atari: height and width of the grayscale frames the networks see; 84 as in Mnih et al. (2015), 42 has a quarter of the pixels")
-    repeat_action_probability: float = option(0.0, "Atari: sticky-action probability in [0, 1); 0 as in the PPO paper, 0.25 in the ALE v5 protocol")
-    env_threads: int = option(0, "Atari: threads of the C++ vector environment (0: ale-py's default)")
-    torch_threads: int = option(0, "CPU threads for torch (0: torch's default); 1 is fastest for small mlps")
-    target_return: typing.Optional[float] = option(None, "stop once the mean return of the last return_window episodes reaches this (none: never)")
-    return_window: int = option(100, "episodes in the running mean of the return that is logged")
-    run_dir: typing.Optional[str] = option(None, "folder for config.json, metrics.csv and checkpoint.pt, new or empty; none: runs/<env>-<seed>-<time>")
-    save_every: int = option(50, "write a checkpoint every this many iterations, and at the end")
-    tensorboard: bool = option(False, "also write TensorBoard scalars to the run folder (needs the tensorboard package)")
+    env: str = option(dataclasses.MISSING, "gymnasium environment id (Acrobot-v1, ALE/Breakout-v5), "
+                      "module:EnvId for one that a module of yours registers, or a preset: CartPole, Pendulum, Pong",
+                      fixed_on_resume=True, family="what and where")
+    seed: int = option(1, "seed of the environments, network initialization and sampling",
+                       within="[0, 4294967295]", learning=False, family="what and where")
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:1", learning=False, family="what and where")
+    run_dir: typing.Optional[str] = option(None, "folder for config.json, metrics.csv and checkpoint.pt, "
+                                           "new or empty; none: runs/<env>-<seed>-<time>", learning=False, family="what and where")
+    torch_threads: int = option(0, "CPU threads for torch (0: torch's default); 1 is fastest for small mlps",
+                                within=">= 0", learning=False, family="what and where")
+    env_threads: int = option(0, "Atari: threads of the C++ vector environment (0: ale-py's default)",
+                              within=">= 0", learning=False, family="what and where")
+    total_steps: int = option(500_000, "N * T slots to train for (autoreset steps included, so the logged "
+                              "step count of real transitions is a little lower)", within="> 0", family="how much data")
+    num_envs: int = option(4, "N, parallel environments; typically 1 to 64", within="> 0", fixed_on_resume=True, family="how much data")
+    num_steps: int = option(128, "T, rollout length per environment per iteration, at least 2; "
+                            "typically 16 to 2048", within="> 0", fixed_on_resume=True, family="how much data")
+    update_epochs: int = option(4, "K, passes over each rollout; typically 3 to 30", within="> 0", family="the update")
+    num_minibatches: int = option(4, "minibatches per epoch; num_envs * num_steps must split into minibatches "
+                                  "of at least 8 steps", within="> 0", family="the update")
+    learning_rate: float = option(2.5e-4, "Adam step size alpha, at most 1; typically 1e-4 to 3e-3", within="> 0", family="the update")
+    anneal_lr: bool = option(True, "decay the learning rate linearly to 0 over the run; a resume with more "
+                             "--total-steps decays it from where it was to 0 at the new end", family="the update")
+    max_grad_norm: float = option(0.5, "clip the global gradient norm to this; typically 0.5", within="> 0", family="the update")
+    target_kl: typing.Optional[float] = option(None, "end an iteration's whole update once approx KL exceeds "
+                                               "this (none: never); typically 0.01 to 0.05", within="> 0", family="the update")
+    objective: typing.Literal["clip", "kl-penalty"] = option("clip", "the surrogate objective: clip (PPO "
+                                                             "eq. 7) or kl-penalty (the adaptive KL penalty, PPO eq. 8)", family="the objective")
+    clip_coef: float = option(0.2, "epsilon, clip range of the probability ratio; typically 0.1 to 0.3; "
+                              "not annealed (clip objective)", within="(0, 1)", family="the objective")
+    kl_coef: float = option(1.0, "beta, the initial weight of the KL penalty, adapted after every iteration "
+                            "(kl-penalty objective)", within="> 0", family="the objective")
+    kl_penalty_target: float = option(0.01, "d_targ, the KL per iteration the penalty's beta is adapted "
+                                      "towards (kl-penalty objective); typically 0.003 to 0.03", within="> 0", family="the objective")
+    ent_coef: float = option(0.01, "c2, weight of the entropy bonus; typically 0 to 0.03", within=">= 0", family="the objective")
+    vf_coef: float = option(0.5, "weight of the value loss (V - R)^2 / 2, so the paper's c1 is vf_coef / 2; "
+                            "typically 0.5 to 1", within="> 0", family="the objective")
+    gamma: float = option(0.99, "gamma, discount factor; typically 0.9 to 0.999", within="(0, 1]", family="the objective")
+    gae_lambda: float = option(0.95, "lambda of GAE; 1 is Monte Carlo, towards 0 one-step TD; typically "
+                               "0.8 to 0.99", within="(0, 1]", family="the objective")
+    normalize_advantages: bool = option(True, "normalize advantages to zero mean, unit std per minibatch", family="the objective")
+    advantage_std_floor: float = option(0.0, "with normalize_advantages, divide by at least this std, so "
+                                        "that advantages that are all noise (near-constant returns) are not scaled up; 0: "
+                                        "by the std itself", within=">= 0", family="the objective")
+    hidden_sizes: typing.Tuple[int, ...] = option((64, 64), "widths of the hidden layers of the mlp actor and critic",
+                                                  fixed_on_resume=True, family="networks")
+    activation: typing.Literal["tanh", "relu"] = option("tanh", "activation of the mlp: tanh or relu",
+                                                        fixed_on_resume=True, family="networks")
+    cnn: typing.Literal["nature", "small"] = option("nature", "convolutional network for image observations: "
+                                                    "nature (32-64-64 conv, 512 linear) or small (16-32 conv, 256 linear)",
+                                                    fixed_on_resume=True, family="networks")
+    precision: typing.Literal["float32", "bfloat16"] = option("float32", "number format of the cnn (image "
+                                                              "observations): float32, or bfloat16 through torch.autocast, "
+                                                              "faster where the CPU or GPU has bf16 units and much slower on "
+                                                              "a CPU without AVX-512; weights, heads and losses stay float32", family="networks")
+    log_std_init: float = option(0.0, "initial log standard deviation of the Gaussian actor (continuous "
+                                 "actions); typically -1 to 0", within="[-10, 2]", family="networks")
+    normalize_observations: bool = option(False, "normalize observations by a running mean and std",
+                                          fixed_on_resume=True, family="continuous control")
+    observation_clip: float = option(10.0, "clip normalized observations to [-c, c]", within="> 0", family="continuous control")
+    scale_rewards: bool = option(False, "divide rewards by a running std of the discounted return",
+                                 fixed_on_resume=True, family="continuous control")
+    clip_rewards: bool = option(False, "train on the sign of each reward; episode returns are still logged "
+                                "unclipped", family="Atari")
+    frame_skip: int = option(4, "emulator frames per agent step (the last two are max-pooled)", within="> 0", family="Atari")
+    frame_size: int = option(84, "height and width of the grayscale frames the networks see; 84 as in Mnih et al. "
+                             "(2015), 42 has a quarter of the pixels", within="> 0", fixed_on_resume=True, family="Atari")
+    repeat_action_probability: float = option(0.0, "sticky-action probability; 0 as in the PPO paper, 0.25 in the "
+                                              "ALE v5 protocol", within="[0, 1)", family="Atari")
+    target_return: typing.Optional[float] = option(None, "stop once the mean return of the last "
+                                                   "return_window episodes reaches this (none: never)", family="stopping and logging")
+    return_window: int = option(100, "episodes in the running mean of the return that is logged",
+                                within="> 0", family="stopping and logging")
+    save_every: int = option(50, "write a checkpoint every this many iterations, and at the end",
+                             within="> 0", learning=False, family="stopping and logging")
+    tensorboard: bool = option(False, "also write TensorBoard scalars to the run folder (needs the "
+                               "tensorboard package)", learning=False, family="stopping and logging")
 
     def __post_init__(self):
         check_config(self)  # section 12: a Config is valid once made, whether from flags, a preset or a checkpoint
@@ -1121,17 +1163,11 @@ def check_config(config: Config) -> None:
     a bad flag, a bad preset or a bad checkpoint all stop at the same place."""
     hints = typing.get_type_hints(Config, globalns=globals())  # this file's names, even when run by python -m cProfile
     for item in dataclasses.fields(config):
-        value = getattr(config, item.name)
-        if not is_of_type(value, hints[item.name]):
-            raise UserError(f"{flag_name(item.name)} must be {type_name(hints[item.name])}, got {value!r}")
-    positive = ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs",
-                "return_window", "save_every", "frame_skip", "frame_size")
-    for name in positive:
-        if getattr(config, name) <= 0:
-            raise UserError(f"{flag_name(name)} must be a positive integer, got {getattr(config, name)}")
-    for name in ("env_threads", "torch_threads"):
-        if getattr(config, name) < 0:
-            raise UserError(f"{flag_name(name)} must be 0 (the default) or a positive count, got {getattr(config, name)}")
+        value, hint = getattr(config, item.name), hints[item.name]
+        if not is_of_type(value, hint):
+            raise UserError(f"{flag_name(item.name)} must be {type_name(hint)}, got {value!r}")
+        if value is not None and item.metadata["within"] and not is_within(value, item.metadata["within"]):
+            raise UserError(f"{flag_name(item.name)} must be {range_name(item.metadata['within'], hint)}, got {value}")
     if config.num_steps < 2:
         raise UserError("--num-steps must be at least 2: the step after an episode ends only resets, so a "
                         "rollout of 1 step can hold no transition at all")
@@ -1139,35 +1175,33 @@ def check_config(config: Config) -> None:
         raise UserError(f"the batch of num_envs * num_steps = {config.rollout_size} steps does not split into "
                         f"{config.num_minibatches} minibatches of at least 8 steps; choose fewer --num-minibatches "
                         f"(a divisor of {config.rollout_size}) or more --num-envs or --num-steps")
-    if not 0 <= config.seed < 2**32:
-        raise UserError(f"--seed must be in [0, 2**32), got {config.seed}")
     if config.total_steps < config.rollout_size:
         raise UserError(f"--total-steps {config.total_steps} is less than one batch ({config.rollout_size} steps); raise it")
-    for name in ("gamma", "gae_lambda"):
-        if not 0 < getattr(config, name) <= 1:
-            raise UserError(f"{flag_name(name)} must be in (0, 1], got {getattr(config, name)}")
-    if not 0 < config.clip_coef < 1:
-        raise UserError(f"--clip-coef must be in (0, 1), got {config.clip_coef}")
-    if not 0 <= config.repeat_action_probability < 1:
-        raise UserError(f"--repeat-action-probability must be in [0, 1), got {config.repeat_action_probability}")
-    for name in ("learning_rate", "vf_coef", "max_grad_norm", "observation_clip", "kl_coef", "kl_penalty_target"):
-        if not getattr(config, name) > 0:
-            raise UserError(f"{flag_name(name)} must be positive, got {getattr(config, name)}")
     if config.learning_rate > 1:  # Adam moves each weight by about the learning rate per step
         raise UserError(f"--learning-rate must be at most 1 (typically 1e-4 to 3e-3), got {config.learning_rate}")
-    for name in ("ent_coef", "advantage_std_floor"):
-        if not getattr(config, name) >= 0:
-            raise UserError(f"{flag_name(name)} must be zero or positive, got {getattr(config, name)}")
-    if config.target_kl is not None and not config.target_kl > 0:
-        raise UserError(f"--target-kl must be positive (or none), got {config.target_kl}")
-    if not -10 <= config.log_std_init <= 2:  # exp(2) = 7.4 is already a very wide first policy
-        raise UserError(f"--log-std-init must be in [-10, 2], got {config.log_std_init}")
     if not config.hidden_sizes or min(config.hidden_sizes) <= 0:
         raise UserError(f"--hidden-sizes must be one or more positive widths, got {config.hidden_sizes}")
 
 
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
+
+
+def is_within(value: float, within: str) -> bool:
+    """Whether value lies in an option's range: an interval "(0, 1]", "[-10, 2]", or "> 0", ">= 0"."""
+    interval = re.fullmatch(r"([\[(])(\S+), (\S+)([\])])", within)
+    if not interval:
+        bound = float(within.split()[-1])
+        return value > bound if within.startswith("> ") else value >= bound
+    opening, low, high, closing = interval[1], float(interval[2]), float(interval[3]), interval[4]
+    return (low < value if opening == "(" else low <= value) and (value < high if closing == ")" else value <= high)
+
+
+def range_name(within: str, hint) -> str:
+    """An option's range in words: "in (0, 1]", "a positive integer", "positive", "zero or positive"."""
+    if within.startswith("> "):
+        return "a positive integer" if hint is int else "positive"
+    return "zero or positive" if within.startswith(">= ") else f"in {within}"
 
 
 def is_of_type(value, hint) -> bool:
@@ -1461,8 +1495,7 @@ def restore_runner(runner: Runner, state: dict, reset_seed: int) -> None:
 CHECKPOINT_FORMAT = 3  # 2: the optimizer state is torch.optim.Adam's; 3: the state of every rank
 # Fields that decide the shapes of the networks and of the saved state: a checkpoint is
 # only resumable if they agree.
-FIXED_ON_RESUME = ("env", "hidden_sizes", "activation", "cnn", "frame_size", "normalize_observations",
-                   "num_envs", "num_steps", "scale_rewards")
+FIXED_ON_RESUME = tuple(item.name for item in dataclasses.fields(Config) if item.metadata["fixed_on_resume"])
 
 
 def as_flag(name: str, value) -> str:
@@ -2193,7 +2226,7 @@ class LearningCurve:
 
 # Settings that do not change what a run learns: runs whose config.json differ only in
 # these are seeds of one setting.
-NOT_LEARNING_SETTINGS = ("seed", "run_dir", "device", "torch_threads", "env_threads", "save_every", "tensorboard")
+NOT_LEARNING_SETTINGS = tuple(item.name for item in dataclasses.fields(Config) if not item.metadata["learning"])
 
 
 def read_run_config(run_dir: str) -> dict:
@@ -2700,20 +2733,6 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: typing.Optio
 # 17. Command line
 # ---------------------------------------------------------------------------------------
 
-# Every Config field once, by family, in the order --help and README.md list them.
-FLAG_FAMILIES = {
-    "what and where": ("env", "seed", "device", "run_dir", "torch_threads", "env_threads"),
-    "how much data": ("total_steps", "num_envs", "num_steps"),
-    "the update": ("update_epochs", "num_minibatches", "learning_rate", "anneal_lr", "max_grad_norm", "target_kl"),
-    "the objective": ("objective", "clip_coef", "kl_coef", "kl_penalty_target", "ent_coef", "vf_coef", "gamma",
-                      "gae_lambda", "normalize_advantages", "advantage_std_floor"),
-    "networks": ("hidden_sizes", "activation", "cnn", "precision", "log_std_init"),
-    "continuous control": ("normalize_observations", "observation_clip", "scale_rewards"),
-    "Atari": ("clip_rewards", "frame_skip", "frame_size", "repeat_action_probability"),
-    "stopping and logging": ("target_return", "return_window", "save_every", "tensorboard"),
-}
-
-
 def optional_float(text: str) -> typing.Optional[float]:
     return None if text.lower() == "none" else float(text)
 
@@ -2740,28 +2759,29 @@ def build_parser() -> argparse.ArgumentParser:
                     "(CartPole, Pendulum, Pong) or the generic default shown.",
         argument_default=argparse.SUPPRESS)
     hints = typing.get_type_hints(Config, globalns=globals())
-    defaults = {item.name: item for item in dataclasses.fields(Config)}
-    for family, names in FLAG_FAMILIES.items():
-        group = parser.add_argument_group(family)
-        for name in names:
-            item, kind = defaults[name], hints[name]
-            presets = [f"{preset} {shown(settings[name])}" for preset, (_, settings) in PRESETS.items() if name in settings]
-            preset_note = f"; presets: {', '.join(presets)}" if presets else ""
-            default = DEFAULT_ENV if name == "env" else item.default  # the one field without a default: make_config's
-            options: dict = {"help": f"{item.metadata['help']} (default: {shown(default)}{preset_note})"}
-            if kind is bool:
-                options["action"] = argparse.BooleanOptionalAction
-            elif kind == typing.Tuple[int, ...]:
-                options.update(type=int, nargs="+", metavar="WIDTH")
-            elif kind == typing.Optional[float]:
-                options["type"] = optional_float
-            elif kind == typing.Optional[str]:
-                options["type"] = str
-            elif typing.get_origin(kind) is typing.Literal:
-                options["choices"] = typing.get_args(kind)
-            else:
-                options["type"] = kind
-            group.add_argument(flag_name(name), **options)
+    groups: dict = {}  # family -> its argument group, in the order of Config's fields
+    for item in dataclasses.fields(Config):
+        name, kind = item.name, hints[item.name]
+        family = item.metadata["family"]
+        if family not in groups:
+            groups[family] = parser.add_argument_group(family)
+        presets = [f"{preset} {shown(settings[name])}" for preset, (_, settings) in PRESETS.items() if name in settings]
+        preset_note = f"; presets: {', '.join(presets)}" if presets else ""
+        default = DEFAULT_ENV if name == "env" else item.default  # the one field without a default: make_config's
+        options: dict = {"help": f"{item.metadata['help']} (default: {shown(default)}{preset_note})"}
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif kind == typing.Tuple[int, ...]:
+            options.update(type=int, nargs="+", metavar="WIDTH")
+        elif kind == typing.Optional[float]:
+            options["type"] = optional_float
+        elif kind == typing.Optional[str]:
+            options["type"] = str
+        elif typing.get_origin(kind) is typing.Literal:
+            options["choices"] = typing.get_args(kind)
+        else:
+            options["type"] = kind
+        groups[family].add_argument(flag_name(name), **options)
     actions = parser.add_argument_group("other actions")
     actions.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
     actions.add_argument("--eval", metavar="PATH", help="print the mean and std of the return of a checkpoint's deterministic policy")

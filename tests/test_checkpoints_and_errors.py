@@ -1,6 +1,7 @@
 """Checkpoints, resume, interruption, divergence, evaluation and every kind of bad input."""
 import dataclasses
 import importlib.util
+import json
 import os
 import pickle
 import re
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,7 +206,7 @@ BAD_INPUTS = [
     (["--total-steps", "10"], "is less than one batch"),
     (["--device", "tpu"], "--device 'tpu' is not a torch device; use cpu, cuda or cuda:N"),
     (["--device", "mps"], "--device 'mps' is not supported; use cpu or cuda"),
-    (["--seed", "-1"], "--seed must be in [0, 2**32)"),
+    (["--seed", "-1"], "--seed must be in [0, 4294967295]"),
     (["--num-envs", "1", "--num-steps", "4", "--num-minibatches", "4"], "minibatches of at least 8 steps"),
     (["--env", "Blackjack-v1"], "are not supported; ppo.py takes 1-D Box vectors"),
     (["--learning-rate", "inf"], "--learning-rate must be a finite number, got inf"),
@@ -214,7 +216,7 @@ BAD_INPUTS = [
     (["--log-std-init", "nan"], "--log-std-init must be a finite number, got nan"),
     (["--log-std-init", "1e10"], "--log-std-init must be in [-10, 2]"),
     (["--target-kl", "inf"], "--target-kl must be a finite number or none, got inf"),
-    (["--torch-threads", "-1"], "--torch-threads must be 0 (the default) or a positive count"),
+    (["--torch-threads", "-1"], "--torch-threads must be zero or positive"),
     (["--num-envs", "four"], "argument --num-envs: invalid int value: 'four'; see python ppo.py --help"),
     (["--activation", "gelu"], "argument --activation: invalid choice: 'gelu'"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
@@ -479,13 +481,18 @@ def test_a_checkpoint_with_an_invalid_config_is_refused_in_one_line(tmp_path, ca
 
 
 def test_help_groups_the_flags_by_family_and_shows_the_presets_values(capsys):
-    fields = [name for names in ppo.FLAG_FAMILIES.values() for name in names]
-    assert sorted(fields) == sorted(item.name for item in dataclasses.fields(ppo.Config))  # each field once
     with pytest.raises(SystemExit):
         ppo.main(["--help"])
-    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    for family in ppo.FLAG_FAMILIES:
-        assert f"{family}:" in text
+    output = capsys.readouterr().out
+    text = " ".join(output.split())  # argparse wraps lines
+    titles = [line[:-1] for line in output.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    families = list(dict.fromkeys(item.metadata["family"] for item in dataclasses.fields(ppo.Config)))
+    assert titles == ["options", *families, "other actions"]
+    assert families[:8] == ["what and where", "how much data", "the update", "the objective", "networks",
+                            "continuous control", "Atari", "stopping and logging"]
+    for item in dataclasses.fields(ppo.Config):  # each field's flag once, under its family's title
+        group = output.split(f"\n{item.metadata['family']}:\n")[1].split("\n\n")[0]
+        assert f"  {ppo.flag_name(item.name)}" in group
     assert "(default: 4; presets: CartPole 32, Pendulum 4, Pong 16)" in text
 
 
@@ -496,3 +503,24 @@ def test_resume_from_inside_the_run_folder(tmp_path, monkeypatch):
     assert ppo.main(["--resume", "checkpoint.pt", "--total-steps", "2048", "--learning-rate", "1e-3"]) == 0
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["iteration"] == 4
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "config.json", "learning-curve.png", "metrics.csv", "run.lock"]
+
+
+def test_a_new_config_field_is_one_line_that_makes_its_flag_its_help_and_its_resume(tmp_path):
+    """One line added as Config's last field, and nothing else, gives its flag in --help, its
+    value in config.json and a resume of the run that set it."""
+    source = (Path(ppo.__file__)).read_text()
+    anchor = "\n    def __post_init__(self):\n        check_config(self)"
+    assert source.count(anchor) == 1
+    copy_path = tmp_path / "ppo_with_a_knob.py"
+    copy_path.write_text(source.replace(anchor, '\n    my_knob: float = option(0.5, "a new knob")\n' + anchor))
+    def run(*arguments):
+        return subprocess.run([sys.executable, str(copy_path), *arguments], capture_output=True, text=True, cwd=tmp_path)
+    help_text = run("--help").stdout
+    assert "\nother settings:\n  --my-knob MY_KNOB" in help_text and "a new knob (default: 0.5)" in " ".join(help_text.split())
+    trained = run("--my-knob", "0.7", "--total-steps", "1024", "--run-dir", "run")
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["my_knob"] == 0.7
+    resumed = run("--resume", "run/checkpoint.pt", "--total-steps", "2048", "--learning-rate", "1e-3")
+    assert resumed.returncode == 0, resumed.stderr
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["config"]["my_knob"] == 0.7
+    assert run("--my-knob", "inf").stderr == "error: --my-knob must be a finite number, got inf\n"
