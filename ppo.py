@@ -84,7 +84,7 @@ from torch import nn
 def learn(config: Config) -> typing.Iterator[dict]:
     """Train for config.num_iterations iterations; yield each one's diagnostics, among them
     the returns of the episodes that ended in it. The algorithm alone, in one process:
-    `ppo()` (section 15) runs these iterations with checkpoints, torchrun and bfloat16."""
+    `ppo()` (section 16) runs these iterations with checkpoints, torchrun and bfloat16."""
     learner = build_learner(config, torch.device(config.device))  # section 9: the parts below
     try:
         for iteration in range(config.num_iterations):
@@ -688,7 +688,7 @@ def option(default, help: str, family: str = "other settings", within: typing.Op
 @dataclass(frozen=True)
 class Config:
     """Every setting of a run, each field in one place. Symbols are those of the PPO and GAE
-    papers. The defaults are generic; a preset's values come from `make_config` (section 17),
+    papers. The defaults are generic; a preset's values come from `make_config` (section 18),
     so a Config names its environment: make_config("CartPole") is the CartPole preset."""
 
     env: str = option(dataclasses.MISSING, "gymnasium environment id (Acrobot-v1, ALE/Breakout-v5), "
@@ -1708,7 +1708,7 @@ def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float
 
 
 # ---------------------------------------------------------------------------------------
-# 14. The run folder, the metrics log, learning curves and signals
+# 14. The run folder, the metrics log and signals
 # ---------------------------------------------------------------------------------------
 
 
@@ -2036,15 +2036,26 @@ def what_diverged(learner: Learner, diagnostics: dict) -> typing.Optional[str]:
     return None
 
 
-# The learning curve: metrics.csv drawn as learning-curve.png, redrawn with checkpoints
-# (LearningCurve); `--plot` draws several runs in one picture the same way.
+# ---------------------------------------------------------------------------------------
+# 15. Learning curves and --plot
+# ---------------------------------------------------------------------------------------
+# The metrics log of section 14 drawn: learning-curve.png in each run folder, redrawn with
+# its checkpoints (LearningCurve), and `--plot`, several runs in one picture of the same panels.
 
-# (column, title) of each panel; the first is the return against environment steps, the
-# second the return against wall time, the others the update's diagnostics against steps.
-CURVE_PANELS = (("mean_return", "mean return"), ("mean_return", "mean return"), ("policy_loss", "policy loss"),
-                ("value_loss", "value loss"), ("entropy", "entropy"), ("approx_kl", "approx KL"),
-                ("clip_fraction", "clip fraction"), ("explained_variance", "explained variance"))
+
+# (title, x column, y column) of each panel, in rows of four: the mean return against environment
+# steps and against wall time, then the update's diagnostics (each the column its title names).
+CURVE_PANELS = (("mean return", "global_step", "mean_return"), ("mean return", "wall_seconds", "mean_return"),
+                *((title, "global_step", title.lower().replace(" ", "_")) for title in
+                  ("policy loss", "value loss", "entropy", "approx KL", "clip fraction", "explained variance")))
+X_TITLES = {"global_step": "environment steps", "wall_seconds": "wall seconds"}
 PLOT_MARK = "ppo.py --plot"  # written into the PNG files that --plot makes: only those are ever replaced
+
+
+def grid_shape(panels: int) -> tuple[int, int]:
+    """Rows and columns of a picture's panels: four to a row, or fewer where there are fewer."""
+    columns = min(4, panels)
+    return math.ceil(panels / columns), columns
 
 
 def read_metrics(run_dir: str) -> dict[str, np.ndarray]:
@@ -2057,7 +2068,7 @@ def read_metrics(run_dir: str) -> dict[str, np.ndarray]:
         with open(path, newline="") as file:
             rows = list(csv.DictReader(file))
         table = {name: np.array([float(row[name] or "nan") for row in rows])
-                 for name in ("global_step", "wall_seconds", *dict(CURVE_PANELS))}
+                 for name in {column for _, *columns in CURVE_PANELS for column in columns}}
     except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError):
         raise UserError(f"{path} is not a metrics file that ppo.py wrote; give folders that runs wrote") from None
     if not rows:
@@ -2069,10 +2080,8 @@ def read_metrics(run_dir: str) -> dict[str, np.ndarray]:
 def cumulative_wall_seconds(wall_seconds: np.ndarray) -> np.ndarray:
     """Wall seconds count from each launch, so they start again after a resume: add the
     last value of every earlier launch."""
-    offsets = np.zeros_like(wall_seconds)
-    for restart in np.flatnonzero(np.diff(wall_seconds) < 0) + 1:
-        offsets[restart:] += wall_seconds[restart - 1]
-    return wall_seconds + offsets
+    launch_ends = np.where(np.diff(wall_seconds) < 0, wall_seconds[:-1], 0.0)  # a launch's last value, else 0
+    return wall_seconds + np.concatenate(([0.0], np.cumsum(launch_ends)))
 
 
 def median_and_range(runs: list[dict[str, np.ndarray]], x_name: str, y_name: str, points: int = 200) -> tuple[np.ndarray, ...]:
@@ -2097,104 +2106,70 @@ def median_and_range(runs: list[dict[str, np.ndarray]], x_name: str, y_name: str
     return grid[reached], np.nanmedian(values, axis=0), np.nanmin(values, axis=0), np.nanmax(values, axis=0)
 
 
-def save_picture(figure, path: str, mark: str) -> None:
-    """Write a matplotlib figure (of --plot) as a PNG atomically, with `mark` as its Software text."""
-    write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=80, metadata={"Software": mark}))
+def draw_curves(panels: list[tuple[str, str, str, list]], title: str):
+    """A matplotlib figure of --plot, a panel per (title, x column, y column, groups of runs)
+    and in each a color per group (label, runs): the median over the group's runs (its
+    seeds) and, for several, the band from their min to their max. A panel whose groups are
+    not the panel before's names them in a legend."""
+    from matplotlib.figure import Figure  # imported here: only --plot pays for it
 
-
-def draw_learning_curves(groups: list[tuple[str, list[dict[str, np.ndarray]]]], title: str):
-    """A matplotlib figure of the CURVE_PANELS, one color per group of runs: the median over
-    the group's runs (its seeds) and, for several, the band from their min to their max."""
-    from matplotlib.figure import Figure  # imported here: only runs that save a picture pay for it
-
-    figure = Figure(figsize=(14, 6.5))
-    axes = figure.subplots(2, 4).ravel()
-    for color, (label, runs) in enumerate(groups):
-        for panel, (axis, (column, name)) in enumerate(zip(axes, CURVE_PANELS)):
-            x_name = "wall_seconds" if panel == 1 else "global_step"
-            x, median, low, high = median_and_range(runs, x_name, column)
-            axis.plot(x, median, color=f"C{color}", linewidth=1.2, label=label or None)
-            if len(runs) > 1:
-                axis.fill_between(x, low, high, color=f"C{color}", alpha=0.2, linewidth=0)
-            axis.set_title(name)
-            axis.set_xlabel("wall seconds" if panel == 1 else "environment steps")
-            axis.grid(alpha=0.3)
-    if any(label for label, _ in groups):
-        axes[0].legend(fontsize="small")
-    figure.suptitle(title)
-    figure.subplots_adjust(left=0.05, right=0.98, bottom=0.09, top=0.88, wspace=0.3, hspace=0.45)
-    return figure
-
-
-def draw_returns_per_environment(environments: list[tuple[str, list[tuple[str, list[dict[str, np.ndarray]]]]]], title: str):
-    """A matplotlib figure of runs of several environments, whose returns share no scale: one
-    panel per environment, its mean return against the environment steps, one color per group
-    of its runs (the median over their seeds and, for several, the band of their range)."""
-    from matplotlib.figure import Figure
-
-    columns = min(4, len(environments))
-    rows = math.ceil(len(environments) / columns)
+    rows, columns = grid_shape(len(panels))
     figure = Figure(figsize=(3.5 * columns, 3.0 * rows + 0.6))
-    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
-    for axis, (environment, groups) in zip(axes, environments):
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for index, (axis, (name, x_name, y_name, groups)) in enumerate(zip(axes, panels)):
         for color, (label, runs) in enumerate(groups):
-            x, median, low, high = median_and_range(runs, "global_step", "mean_return")
-            axis.plot(x, median, color=f"C{color}", linewidth=1.2, label=label or None)
+            x, median, low, high = median_and_range(runs, x_name, y_name)
+            axis.plot(x, median, color=f"C{color}", linewidth=1.2, label=label)
             if len(runs) > 1:
                 axis.fill_between(x, low, high, color=f"C{color}", alpha=0.2, linewidth=0)
-        axis.set_title(environment)
-        axis.set_xlabel("environment steps")
+        axis.set(title=name, xlabel=X_TITLES[x_name])
         axis.grid(alpha=0.3)
-        axis.legend(fontsize="x-small")  # which seeds each line holds
-    for axis in axes[len(environments):]:
+        if index == 0 or groups is not panels[index - 1][3]:
+            axis.legend(fontsize="x-small")
+    for axis in axes[len(panels):]:
         axis.set_visible(False)
     figure.suptitle(title)
     figure.tight_layout()
     return figure
 
 
-def finite_stretches(x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The pieces of a curve between its NaN values (explained variance is NaN while the
-    returns have no variance; the mean return, before the first episode ends)."""
-    known = np.isfinite(x) & np.isfinite(y)
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], known.astype(np.int8), [0]))))  # (2 * stretches,)
-    return [(x[start:end], y[start:end]) for start, end in zip(edges[::2], edges[1::2])]
-
-
-CURVE_SIZE, CURVE_COLOR = (1120, 520), (31, 119, 180)  # pixels, as 14 x 6.5 inches at 80 dpi; matplotlib's C0
+def save_picture(figure, path: str, mark: str) -> None:
+    """Write a matplotlib figure (of --plot) as a PNG atomically, with `mark` as its Software text."""
+    write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=80, metadata={"Software": mark}))
 
 
 def draw_run_curves(table: dict[str, np.ndarray], title: str):
-    """The CURVE_PANELS of one run as a Pillow image: each panel a frame, its curve, and the
-    range of x and y at its corners. Drawn with Pillow rather than matplotlib, which --plot
-    uses: at the end of a CartPole run of seconds, matplotlib's import and drawing took
-    about 1 s on a 2-core AMD EPYC (family 25), and this takes a few hundredths."""
+    """The CURVE_PANELS of one run as a Pillow image: each panel a frame, its curve (broken
+    where it is NaN: the mean return before the first episode ends, explained variance while
+    the returns have no variance) and the range of x and y at its corners. Pillow, not
+    matplotlib as --plot: at the end of a run of seconds, matplotlib's import and layout
+    took several times as long (docs/seeing-the-agent.md)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    image = Image.new("RGB", CURVE_SIZE, "white")
-    draw, font = ImageDraw.Draw(image), ImageFont.load_default(size=12)
-    draw.text((CURVE_SIZE[0] / 2, 6), title, fill="black", font=font, anchor="mt")
-    panel_width, panel_height = CURVE_SIZE[0] / 4, (CURVE_SIZE[1] - 24) / 2
-    for panel, (column, name) in enumerate(CURVE_PANELS):
-        left, top = (panel % 4) * panel_width + 60, 24 + (panel // 4) * panel_height + 22
-        right, bottom = left + panel_width - 80, top + panel_height - 62
+    (rows, columns), (width, height) = grid_shape(len(CURVE_PANELS)), (280, 248)  # a panel's pixels
+    image = Image.new("RGB", (columns * width, 24 + rows * height), "white")
+    draw, ink = ImageDraw.Draw(image), {"fill": "black", "font": ImageFont.load_default(size=12)}
+    draw.text((image.width / 2, 6), title, anchor="mt", **ink)
+    for panel, (name, x_name, y_name) in enumerate(CURVE_PANELS):
+        left, top = (panel % columns) * width + 60, 24 + (panel // columns) * height + 22
+        right, bottom = left + width - 80, top + height - 62
         draw.rectangle((left, top, right, bottom), outline=(150, 150, 150))
-        draw.text(((left + right) / 2, top - 4), name, fill="black", font=font, anchor="md")
-        draw.text(((left + right) / 2, bottom + 18), "wall seconds" if panel == 1 else "environment steps",
-                  fill="black", font=font, anchor="ma")
-        stretches = finite_stretches(table["wall_seconds" if panel == 1 else "global_step"], table[column])
-        if not stretches:
+        draw.text(((left + right) / 2, top - 4), name, anchor="md", **ink)
+        draw.text(((left + right) / 2, bottom + 18), X_TITLES[x_name], anchor="ma", **ink)
+        x, y = table[x_name], table[y_name]
+        known = np.flatnonzero(np.isfinite(x) & np.isfinite(y))  # (known points,)
+        if not known.size:
             continue
-        xs, ys = np.concatenate([x for x, _ in stretches]), np.concatenate([y for _, y in stretches])
-        x_high, (y_low, y_high) = max(float(xs.max()), 1e-9), (float(ys.min()), float(ys.max()))
+        x_high, y_low, y_high = max(float(x[known].max()), 1e-9), float(y[known].min()), float(y[known].max())
         y_span = (y_high - y_low) or max(abs(y_high), 1.0)
-        for value, x in ((0, left), (x_high, right)):
-            draw.text((x, bottom + 3), f"{value:,.0f}" if value >= 100 else f"{value:.3g}", fill="black", font=font, anchor="ma")
-        for value, y in ((y_low, bottom), (y_high, top)):
-            draw.text((left - 4, y), f"{value:.3g}", fill="black", font=font, anchor="rm")
-        for x, y in stretches:
-            points = np.stack((left + x / x_high * (right - left), bottom - (y - y_low) / y_span * (bottom - top)), axis=1)
-            draw.line([tuple(point) for point in points] * (1 if len(points) > 1 else 2), fill=CURVE_COLOR, width=2)
+        draw.text((left, bottom + 3), "0", anchor="ma", **ink)
+        draw.text((right, bottom + 3), f"{x_high:,.0f}" if x_high >= 100 else f"{x_high:.3g}", anchor="ma", **ink)
+        draw.text((left - 4, bottom), f"{y_low:.3g}", anchor="rm", **ink)
+        draw.text((left - 4, top), f"{y_high:.3g}", anchor="rm", **ink)
+        for stretch in np.split(known, np.flatnonzero(np.diff(known) > 1) + 1):  # the pieces between NaNs
+            points = list(zip(left + x[stretch] / x_high * (right - left),
+                              bottom - (y[stretch] - y_low) / y_span * (bottom - top)))
+            draw.line(points * (1 if len(points) > 1 else 2), fill=(31, 119, 180), width=2)  # matplotlib's C0
     return image
 
 
@@ -2231,12 +2206,9 @@ NOT_LEARNING_SETTINGS = tuple(item.name for item in dataclasses.fields(Config) i
 
 def read_run_config(run_dir: str) -> dict:
     """A run folder's config.json, as the plain values it holds."""
-    path = os.path.join(run_dir, "config.json")
-    try:
-        with open(path) as file:
-            values = json.load(file)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        values = None
+    path, values = os.path.join(run_dir, "config.json"), None
+    with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError), open(path) as file:
+        values = json.load(file)
     if not isinstance(values, dict):
         raise UserError(f"{path} is missing or not a config that ppo.py wrote; give folders that runs wrote")
     return values
@@ -2251,14 +2223,14 @@ def group_runs(configs: list[dict]) -> list[tuple[str, list[int]]]:
     """The runs (by index) of each setting, in the order given, each with a label that names
     its values of the settings in which the groups differ, and its seeds."""
     keys = [json.dumps(learning_settings(values), sort_keys=True) for values in configs]
-    differing = sorted({name for values in configs for name in values if name not in NOT_LEARNING_SETTINGS
-                        and len({json.dumps(other.get(name)) for other in configs}) > 1})
+    differing = sorted({name for values in configs for name in learning_settings(values)
+                        if len({json.dumps(other.get(name)) for other in configs}) > 1})
     groups = []
     for key in dict.fromkeys(keys):
         members = [index for index, other in enumerate(keys) if other == key]
-        values = configs[members[0]]
-        settings = " ".join(f"{flag_name(name)} {shown(tuple(values[name]) if isinstance(values.get(name), list) else values.get(name))}"
-                            for name in differing)
+        values = [configs[members[0]].get(name) for name in differing]
+        settings = " ".join(f"{flag_name(name)} {shown(tuple(value) if isinstance(value, list) else value)}"
+                            for name, value in zip(differing, values))
         seeds = ", ".join(str(configs[index].get("seed")) for index in members)
         groups.append((f"{settings} (seed{'s' if len(members) > 1 else ''} {seeds})".strip(), members))
     return groups
@@ -2268,11 +2240,9 @@ def picture_mark(path: str) -> typing.Optional[str]:
     """The Software text of a PNG file (what save_picture wrote there), or None."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as image:
-            return image.info.get("Software")
-    except (OSError, ValueError):
-        return None
+    with contextlib.suppress(OSError, ValueError), Image.open(path) as image:
+        return image.info.get("Software")
+    return None
 
 
 def plot_runs(run_dirs: list[str], output: str) -> None:
@@ -2295,22 +2265,22 @@ def plot_runs(run_dirs: list[str], output: str) -> None:
         raise UserError(f"--plot-output {output}: the folder {os.path.dirname(output)} does not exist; create it or choose another path")
     if os.path.exists(output) and picture_mark(output) != PLOT_MARK:
         raise UserError(f"{output} exists and is not a picture that --plot drew, so it is kept; choose another --plot-output")
-    def environment_id(values: dict) -> str:  # a preset's runs and its gymnasium id's are one environment
-        return PRESETS[values["env"]][0] if values.get("env") in PRESETS else str(values.get("env"))
-
-    environments = list(dict.fromkeys(environment_id(values) for values in configs))
-    per_environment = []  # (environment, its groups: (label, their tables))
-    for environment in environments:
-        indices = [index for index, values in enumerate(configs) if environment_id(values) == environment]
-        per_environment.append((environment, [(label, [tables[indices[member]] for member in members])
-                                              for label, members in group_runs([configs[index] for index in indices])]))
+    environments = [PRESETS[values["env"]][0] if values.get("env") in PRESETS else str(values.get("env"))
+                    for values in configs]  # a preset's runs and its gymnasium id's are one environment
+    panels = []  # the mean return of each environment, its runs grouped by setting
+    for environment in dict.fromkeys(environments):
+        indices = [index for index, other in enumerate(environments) if other == environment]
+        groups = [(label, [tables[indices[member]] for member in members])
+                  for label, members in group_runs([configs[index] for index in indices])]
+        panels.append((environment, "global_step", "mean_return", groups))
     runs = f"{len(run_dirs)} run{'s' if len(run_dirs) > 1 else ''}"
-    if any(len(members) > 1 for _, groups in per_environment for _, members in groups):
+    if any(len(group) > 1 for *_, groups in panels for _, group in groups):
         runs += "; each line the median over its seeds, the band their range"
-    if len(environments) == 1:
-        figure = draw_learning_curves(per_environment[0][1], f"{environments[0]}: {runs}")
-    else:  # several tasks: the mean return of each in its own panel
-        figure = draw_returns_per_environment(per_environment, f"mean return (the logged mean of the last episodes)\n{runs}")
+    if len(panels) == 1:  # one environment: every panel of CURVE_PANELS, with all its groups
+        environment, *_, groups = panels[0]
+        figure = draw_curves([(*panel, groups) for panel in CURVE_PANELS], f"{environment}: {runs}")
+    else:  # returns that share no scale: one panel each
+        figure = draw_curves(panels, f"mean return (the logged mean of the last episodes)\n{runs}")
     try:
         save_picture(figure, output, PLOT_MARK)
     except OSError as error:
@@ -2318,7 +2288,7 @@ def plot_runs(run_dirs: list[str], output: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# 15. ppo(config): a run from start to stop
+# 16. ppo(config): a run from start to stop
 # ---------------------------------------------------------------------------------------
 
 
@@ -2445,7 +2415,7 @@ class Progress:
 
 
 # ---------------------------------------------------------------------------------------
-# 16. Evaluation
+# 17. Evaluation
 # ---------------------------------------------------------------------------------------
 
 ATARI_SCREEN = (210, 160)  # height and width of every Atari 2600 game's screen
@@ -2730,7 +2700,7 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: typing.Optio
 
 
 # ---------------------------------------------------------------------------------------
-# 17. Command line
+# 18. Command line
 # ---------------------------------------------------------------------------------------
 
 def optional_float(text: str) -> typing.Optional[float]:
