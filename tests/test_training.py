@@ -8,7 +8,6 @@ import platform
 import subprocess
 import sys
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
