@@ -1063,8 +1063,9 @@ def join_ranks(learner: Learner, seed: int, device: torch.device) -> None:
     seeds above 2**32 are no other run's. In one process, nothing."""
     if world_size() == 1:
         return
-    learner.agent = DataParallelAgent(learner.agent, device_ids=[device] if device.type == "cuda" else None,
-                                      broadcast_buffers=False)  # the networks have no buffers
+    # The networks have no buffers, so DDP's default buffer sync does nothing (and its
+    # broadcast_buffers argument warns from torch 2.13 on).
+    learner.agent = DataParallelAgent(learner.agent, device_ids=[device] if device.type == "cuda" else None)
     if rank() > 0:
         torch.manual_seed(seed + rank() * 2**32)
 
@@ -1120,22 +1121,86 @@ def check_split(config: Config) -> None:
                         "use fewer --num-minibatches or more --num-envs or --num-steps")
 
 
+class StoppedOnAnotherRank(Exception):
+    """Another rank stopped on an error that it reports itself: this rank ends quietly."""
+
+
+def is_reported(error: BaseException) -> bool:
+    """Whether `main` shows this error in one line; any other is a fault, with its traceback."""
+    return isinstance(error, (UserError, RunFolderUnwritable, TrainingDiverged))
+
+
 def on_rank_0(function: typing.Callable, *arguments):
-    """Call function on rank 0 alone, and return its result there (None elsewhere). Its
-    UserError or RunFolderUnwritable is raised on every rank, so no rank is left waiting
+    """Call function on rank 0 alone, and return its result there (None elsewhere). Whatever
+    it raises is raised on every rank (`raise_on_every_rank`), so no rank is left waiting
     for one that stopped."""
     if world_size() == 1:
         return function(*arguments)
-    result, errors = None, [None]
+    result, error = None, None
     if rank() == 0:
         try:
             result = function(*arguments)
-        except (UserError, RunFolderUnwritable) as error:
-            errors = [error]
-    dist.broadcast_object_list(errors, src=0)
-    if errors[0] is not None:
-        raise errors[0]
+        except BaseException as found:
+            error = found
+    raise_on_every_rank(error, source=0)
     return result
+
+
+@contextlib.contextmanager
+def checked_on_every_rank():
+    """Checks whose outcome may differ between ranks (each rank's own GPU, its own runner
+    state in a checkpoint, its own read of a file): once every rank has run them, every
+    rank learns whether one failed, and all stop with that error (`raise_on_every_rank`).
+    In one process, the checks alone."""
+    if world_size() == 1:
+        yield
+        return
+    error = None
+    try:
+        yield
+    except BaseException as found:
+        error = found
+    raise_on_every_rank(error)
+
+
+def raise_on_every_rank(error: typing.Optional[BaseException], source: typing.Optional[int] = None) -> None:
+    """Under torchrun, called by every rank with the error it met (or None): if any rank
+    met one, every rank raises. The first rank that met one raises its own error and is the
+    one that reports it (`speaks_for`); the others raise a copy of it, which they do not
+    print, or StoppedOnAnotherRank where it is a fault whose traceback that rank prints.
+    source: the one rank that can meet an error (a broadcast suffices)."""
+    shared = None if error is None else (rank(), error if is_reported(error) else None)
+    if source is None:
+        found = [None] * world_size()
+        dist.all_gather_object(found, shared)
+    else:
+        found = [shared]
+        dist.broadcast_object_list(found, src=source)
+    first = next((item for item in found if item is not None), None)
+    if first is None:
+        return
+    finder, reported = first
+    if finder == rank():
+        error.said_by_rank = finder
+        raise error
+    if reported is None:
+        raise StoppedOnAnotherRank(f"rank {finder} stopped")
+    reported.said_by_rank = finder
+    raise reported
+
+
+def lost_another_rank(error: BaseException) -> bool:
+    """Whether a collective failed because another rank's process ended while this one
+    waited for it (gloo reports the closed connection as a RuntimeError): the rank that
+    stopped alone (a fault) printed its traceback, and torchrun's report names it, so this
+    rank ends without one."""
+    return started_by_torchrun() and isinstance(error, RuntimeError) and "gloo" in str(error) and "by peer" in str(error)
+
+
+def speaks_for(error: BaseException) -> bool:
+    """Whether this process prints the line of an error that stopped it: in one process,
+    yes; under torchrun, the rank that found it (one that every rank met alike: rank 0)."""
+    return int(os.environ.get("RANK", "0")) == getattr(error, "said_by_rank", 0)
 
 
 def from_rank_0(value):
@@ -1249,7 +1314,11 @@ def is_mujoco(env_id: str) -> bool:
 
 
 def check_environment(env_id: str) -> None:
-    """Raise UserError if env_id cannot be made here: unknown, or its package is missing."""
+    """Raise UserError if env_id cannot be made here: unknown, or its package is missing.
+    module:EnvId names an environment that a module registers (`import_environment_module`)."""
+    if ":" in env_id:
+        import_environment_module(env_id)
+        return
     ale_py_installed = importlib.util.find_spec("ale_py") is not None
     if is_atari(env_id) and not ale_py_installed:
         raise UserError(f"{env_id} needs the Atari emulator: pip install 'ale-py>=0.11' (it ships the game ROMs)")
@@ -1280,6 +1349,31 @@ def check_environment(env_id: str) -> None:
         mujoco.set_mju_user_warning(lambda text: warnings.warn(f"MuJoCo: {text}"))
 
 
+def import_environment_module(env_id: str) -> None:
+    """Import the module of an id module:EnvId, as gymnasium.make does, so that it registers
+    EnvId; also from the working directory, where `python -m` would find it (`python ppo.py`
+    puts only ppo.py's folder on the path). module:EnvId itself then names EnvId's spec in
+    gymnasium's registry, for the calls that look an id up there (gymnasium.spec) rather
+    than import its module. A saved config keeps module:EnvId, so --resume and --eval
+    import the module again."""
+    module, _, name = env_id.partition(":")
+    if not module or not name or ":" in name:
+        raise UserError(f"--env {env_id!r}: give a gymnasium id, or module:EnvId for an environment that module registers")
+    with contextlib.suppress(OSError):  # a working directory that was removed
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
+    try:
+        importlib.import_module(module)
+    except (Exception, SystemExit) as error:
+        cause = (str(error).splitlines() or [""])[0]
+        raise UserError(f"--env {env_id}: the module {module} does not import ({type(error).__name__}: {cause}); "
+                        "it must be importable from the working directory or PYTHONPATH") from None
+    if name not in gym.registry:
+        raise UserError(f"--env {env_id}: importing {module} registered no environment {name!r}; "
+                        f"call gymnasium.register(id={name!r}, entry_point=...) in {module}")
+    gym.registry.setdefault(env_id, gym.registry[name])
+
+
 def check_spaces(observation_space: gym.Space, action_space: gym.Space, config: Config) -> None:
     """Raise UserError unless the networks of `config` can take these spaces."""
     vector = isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) == 1
@@ -1307,7 +1401,12 @@ def single_spaces(config: Config) -> tuple[gym.Space, gym.Space]:
     if is_atari(config.env_id):
         spaces = gym.spaces.Box(0, 255, (3, config.frame_size, config.frame_size), np.uint8), gym.spaces.Discrete(18)
     else:
-        envs = make_environments(config, 1)
+        try:
+            envs = make_environments(config, 1)
+        except Exception as error:  # a user's own environment (module:EnvId) may fail in its constructor
+            cause = (str(error).splitlines() or [""])[0]
+            raise UserError(f"{config.env_id} cannot be made here ({type(error).__name__}: {cause}); "
+                            "fix the environment or choose another --env") from None
         spaces, mode = (envs.single_observation_space, envs.single_action_space), envs.metadata.get("autoreset_mode")
         envs.close()
         if mode != gym.vector.AutoresetMode.NEXT_STEP:
@@ -1579,9 +1678,10 @@ def load_checkpoint(path: str) -> dict:
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: check the path (runs write runs/<env>-<seed>-<time>/checkpoint.pt)")
     try:
-        with warnings.catch_warnings():  # a pickle that is not a checkpoint can warn before it fails
+        with open(path, "rb") as file, warnings.catch_warnings():  # a pickle that is not a checkpoint can warn before it fails
             warnings.simplefilter("ignore")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            stamp = file_stamp(os.fstat(file.fileno()))  # of the file read, even if another replaces it meanwhile
+            checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:
         raise UserError(f"{path} is not a readable checkpoint ({type(error).__name__}); "
                         "it may be truncated or from another program; use one written by ppo.py") from None
@@ -1596,14 +1696,17 @@ def load_checkpoint(path: str) -> dict:
     except UserError as error:
         raise UserError(f"{path} holds an invalid config: {error}") from None
     check_checkpoint_entries(checkpoint, path)
-    checkpoint["stamp"] = checkpoint_stamp(path)
+    checkpoint["stamp"] = stamp
     return checkpoint
 
 
-def checkpoint_stamp(path: str) -> tuple[int, int, int]:
+def checkpoint_stamp(path: str) -> tuple[int, ...]:
     """What changes when a checkpoint is replaced (atomically, so by another file)."""
-    status = os.stat(path)
-    return status.st_ino, status.st_mtime_ns, status.st_size
+    return file_stamp(os.stat(path))
+
+
+def file_stamp(status: os.stat_result) -> tuple[int, ...]:
+    return status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size
 
 
 # What ppo.py reads from a checkpoint, and the kind each entry must be.
@@ -1663,27 +1766,31 @@ def load_model_state(agent: nn.Module, state: dict, path: str) -> None:
                         "use the flags it was trained with, or start a new run") from None
 
 
+@checked_on_every_rank()  # each rank restores its own runner and random state: a damaged one stops every rank
 def restore_learner(learner: Learner, checkpoint: dict, path: str, config: Config, device: torch.device) -> list[float]:
     """Load networks, optimizer, runner and random state; return the run's recent returns."""
     load_model_state(learner.agent, checkpoint["model"], path)
     part = "optimizer"
+    own_entry = "runner" if rank() == 0 else "other_ranks"  # where this rank's runner and random state are kept
     try:
         learner.optimizer.load_state_dict(checkpoint["optimizer"])
         for weight in learner.agent.parameters():
             for moment in ("exp_avg", "exp_avg_sq"):
                 if learner.optimizer.state[weight][moment].shape != weight.shape:
                     raise ValueError(f"{moment} of shape {tuple(learner.optimizer.state[weight][moment].shape)}")
-        part = "runner"
+        part = own_entry
         own = [checkpoint, *checkpoint["other_ranks"]][rank()]  # this rank's runner and random state
         restore_runner(learner.runner, own["runner"], reset_seed=config.seed + checkpoint["global_step"] + rank() * learner.envs.num_envs)
         if not all(is_of_type(value, float) for value in own["runner"]["recent_returns"]):
             raise ValueError("recent_returns that are not numbers")
-        part = "rng"
+        part = "rng" if rank() == 0 else own_entry
         torch.set_rng_state(own["rng"]["torch"])
         if device.type == "cuda" and own["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(own["rng"]["cuda"], device)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
-        raise UserError(f"{path} has a damaged {part!r} entry ({type(error).__name__}); use another checkpoint of the run") from None
+        whose = f", rank {rank()}'s runner and random state" if part == "other_ranks" else ""
+        raise UserError(f"{path} has a damaged {part!r} entry ({type(error).__name__}{whose}); "
+                        "use another checkpoint of the run") from None
     # beta goes on from its adapted value, unless the resume gives a new --kl-coef.
     learner.kl_coef = config.kl_coef if config.kl_coef != checkpoint["config"].kl_coef else checkpoint["kl_coef"]
     return list(own["runner"]["recent_returns"])
@@ -1766,7 +1873,8 @@ def bfloat16_is_slow(device: torch.device) -> bool:
 def make_default_run_dir(config: Config) -> str:
     """Make runs/<env>-<seed>-<time>, or <time>-2, -3, ... when two runs start within a second:
     made exclusively, so two runs never share one."""
-    name = os.path.join("runs", f"{config.env_id.replace('/', '-')}-{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    environment = re.sub(r"[/:]", "-", config.env_id)  # ALE/Pong-v5, module:EnvId: one folder name
+    name = os.path.join("runs", f"{environment}-{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     for attempt in range(1, 1000):
         run_dir = name if attempt == 1 else f"{name}-{attempt}"
         try:
@@ -1775,46 +1883,55 @@ def make_default_run_dir(config: Config) -> str:
         except FileExistsError:
             continue
         except OSError as error:
-            raise UserError(f"cannot create the run folder {run_dir} ({error.strerror}); choose a --run-dir") from None
+            raise folder_problem(run_dir, error, "choose a --run-dir") from None
     raise UserError(f"{name} and 998 numbered folders beside it exist already; choose a --run-dir")
 
 
 def claim_run_dir(config: Config, resume: typing.Optional[str]) -> tuple[str, bool, typing.Optional[typing.IO]]:
     """The run's folder, whether this call made it, and this process's hold on it
     (`hold_run_dir`). A run writes only into a folder that is new, empty, or its own: the
-    folder of the checkpoint it resumes; and only while no other process holds it. Whether
-    the folder is new or empty is checked again once it is held, so two runs started at
-    once can never both pass."""
+    folder of the checkpoint it resumes; and only while no other process holds it. A folder
+    that another process holds is refused as that, naming the holder, before anything else
+    is said of it. Whether the folder is new or empty is checked again once it is held, so
+    two runs started at once can never both pass; a start that fails here removes the
+    folder it made."""
     owns_its_folder = resume is not None and os.path.basename(resume) == "checkpoint.pt"
     own = (os.path.dirname(resume) or ".") if owns_its_folder else None
     if resume and not owns_its_folder and not config.run_dir:
         raise UserError(f"{resume} is not a run folder's checkpoint.pt, so its folder is not its run's; "
                         "resume it into a new folder with --run-dir")
-    if not config.run_dir and not resume:
-        run_dir = make_default_run_dir(config)
-        return run_dir, True, name_holder(hold_run_dir(run_dir))
-    run_dir = config.run_dir or own
-    if own is not None and os.path.realpath(run_dir) == os.path.realpath(own):
-        return run_dir, False, name_holder(hold_run_dir(run_dir))
-    created = False
-    if os.path.exists(run_dir):
-        check_new_or_empty(run_dir)  # before run.lock is made in it: never into a folder of other files
-    else:
-        try:
-            os.makedirs(run_dir)
-            created = True
-        except FileExistsError:  # another run made it a moment ago: the hold decides between the two
-            pass
-        except OSError as error:
-            raise UserError(f"cannot create the run folder {run_dir} ({error.strerror}); choose another --run-dir") from None
-    hold = hold_run_dir(run_dir)
+    created = not config.run_dir and not resume
+    run_dir = make_default_run_dir(config) if created else config.run_dir or own
+    its_own = own is not None and os.path.realpath(run_dir) == os.path.realpath(own)
+    fix = f"resume it into a new folder with --resume {resume} --run-dir NEW_FOLDER" if its_own else "choose another --run-dir"
+    if not created and not its_own:
+        if os.path.islink(run_dir) and not os.path.exists(run_dir):
+            raise UserError(f"--run-dir {run_dir} is a symbolic link to {os.readlink(run_dir)}, which does not exist; "
+                            "make that folder, or choose another --run-dir")
+        if os.path.exists(run_dir):
+            refuse_if_held(run_dir)
+            check_new_or_empty(run_dir)  # before run.lock is made in it: never into a folder of other files
+        else:
+            try:
+                os.makedirs(run_dir)
+                created = True
+            except FileExistsError:  # another run made it a moment ago: the hold decides between the two
+                pass
+            except OSError as error:
+                raise folder_problem(run_dir, error, fix) from None
+    hold = None
     try:
-        check_new_or_empty(run_dir)  # now that no other process can write here
-    except UserError:
+        hold = hold_run_dir(run_dir, fix)
+        if not its_own:
+            check_new_or_empty(run_dir)  # now that no other process can write here
+        name_holder(hold)
+    except BaseException:
+        if created:
+            remove_new_folder(run_dir)  # still held: no other run can have begun in it
         if hold:
             hold.close()
         raise
-    return run_dir, created, name_holder(hold)
+    return run_dir, created, hold
 
 
 def check_new_or_empty(run_dir: str) -> None:
@@ -1830,7 +1947,43 @@ def check_new_or_empty(run_dir: str) -> None:
                         "choose another --run-dir")
 
 
+def remove_new_folder(run_dir: str) -> None:
+    """On a failed start, remove the folder this run made if it holds nothing but run.lock
+    (or nothing, where there is no flock). Called while the folder is held, so no other run
+    has begun in it; one that locks the removed run.lock sees so (`hold_run_dir`). Never
+    raises: the error that stopped the start is the one to report."""
+    with contextlib.suppress(OSError):
+        if set(os.listdir(run_dir)) <= {RUN_LOCK}:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(run_dir, RUN_LOCK))
+            os.rmdir(run_dir)
+
+
+def folder_problem(run_dir: str, error: OSError, fix: str = "choose another --run-dir") -> Exception:
+    """What stops a start whose folder cannot be made or written. The folder's own problem
+    (on a read-only file system, not this user's to write, not a folder, gone) is the
+    input's: a UserError, exit status 2. A full disk or another fault of the machine is
+    RunFolderUnwritable, exit status 1."""
+    import errno
+
+    number = error.errno
+    if number == errno.EROFS:
+        return UserError(f"{run_dir} is on a read-only file system, so a run cannot write there; {fix}")
+    if number in (errno.EACCES, errno.EPERM):
+        return UserError(f"{run_dir} is not writable for this user ({error.strerror}); {fix}")
+    if number == errno.ENOTDIR:
+        return UserError(f"{run_dir} is not a folder (it, or a folder on its path, is a file); {fix}")
+    if number == errno.ENOENT:
+        return UserError(f"{run_dir} does not exist (removed while this run started, or a link on its path points "
+                         f"nowhere); {fix}")
+    space = number in (errno.ENOSPC, errno.EDQUOT)
+    return RunFolderUnwritable(f"cannot write {error.filename or run_dir} ({error.strerror}); {what_is_kept(run_dir)}; "
+                               f"{'free some space or ' if space else ''}choose another --run-dir")
+
+
 RUN_LOCK = "run.lock"  # the file whose lock a run holds on its folder
+# What a run.lock holds: nothing yet, or the name of the process that holds it (`name_holder`).
+RUN_LOCK_TEXT = re.compile(rb"(process [^\n]*\n?)?")
 
 
 def what_is_kept(run_dir: str) -> str:
@@ -1838,47 +1991,137 @@ def what_is_kept(run_dir: str) -> str:
     return f"the last checkpoint, {checkpoint}, is intact" if os.path.exists(checkpoint) else "no checkpoint had been written yet"
 
 
-def hold_run_dir(run_dir: str) -> typing.Optional[typing.IO]:
+def open_without_following(path: str, flags: int) -> int:
+    """os.open, refusing a symbolic link (ELOOP): a run.lock that is a link is not a run's."""
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
+
+
+def hold_run_dir(run_dir: str, fix: str = "choose another --run-dir") -> typing.Optional[typing.IO]:
     """Hold run_dir for this process: an exclusive flock on its run.lock, which the kernel
     releases when the process ends, however it ends (SIGKILL, a power cut: no stale lock to
     clean up), or when the returned file is closed; `name_holder` then writes this process
-    into it, for the line that refuses a second run. Where the file system cannot lock (no fcntl on Windows; NFS
+    into it, for the line that refuses a second run. The file locked is checked to be the
+    one at the path still (a start that failed removes its new folder, run.lock first,
+    while it holds it), and to be a run's lock file: a link, a folder or a file of other
+    text is refused, never written over. Where the file system cannot lock (no fcntl on Windows; NFS
     without a lock service; Lustre mounted without flock), a note says so and None comes
     back: the run goes on, unguarded."""
+    import errno
+    import stat
+
     path = os.path.join(run_dir, RUN_LOCK)
     try:
-        import fcntl
+        import fcntl  # noqa: F401  (only to know whether flock exists here)
     except ImportError:
         say(f"note: this system has no flock, so nothing keeps a second run out of {run_dir}; give each run its own --run-dir")
         return None
-    try:
-        hold = open(path, "a+")
-    except OSError as error:
-        raise RunFolderUnwritable(f"cannot write {path} ({error.strerror}); {what_is_kept(run_dir)}; "
-                                  "free some space or choose another --run-dir") from None
-    try:
-        fcntl.flock(hold, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        hold.seek(0)
-        holder = hold.read().strip() or "another process"
+    for _ in range(10):
+        try:
+            hold = open(path, "a+b", opener=open_without_following)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.EISDIR):
+                raise not_a_run_lock(path, "a symbolic link" if error.errno == errno.ELOOP else "a folder") from None
+            raise folder_problem(run_dir, error, fix) from None
+        try:
+            holder = lock_or_holder(hold)
+        except OSError as error:
+            hold.close()
+            say(f"note: the file system of {run_dir} cannot lock files ({error.strerror}), so nothing keeps a second run "
+                "out of it; give each run its own --run-dir")
+            return None
+        if holder is not None:
+            hold.close()
+            raise UserError(f"{run_dir} is in use by {holder}; wait for that run to end, or choose another --run-dir")
+        if is_file_at(hold, path):
+            break
+        hold.close()  # it was removed while this process locked it: lock the one there now, if any
+    else:
+        raise UserError(f"{path} was replaced again and again while this run locked it; run the command again")
+    hold.seek(0)
+    if not stat.S_ISREG(os.fstat(hold.fileno()).st_mode) or not RUN_LOCK_TEXT.fullmatch(hold.read(4097)):
         hold.close()
-        raise UserError(f"{run_dir} is in use by {holder}; wait for that run to end, "
-                        "or choose another --run-dir") from None
-    except OSError as error:
-        hold.close()
-        say(f"note: the file system of {run_dir} cannot lock files ({error.strerror}), so nothing keeps a second run "
-            "out of it; give each run its own --run-dir")
-        return None
+        raise not_a_run_lock(path, "a file of other contents")
     return hold
+
+
+def not_a_run_lock(path: str, kind: str) -> UserError:
+    return UserError(f"{path} is {kind}, not the lock file of a ppo.py run, and it is kept; move it out of the folder "
+                     "or choose another --run-dir")
+
+
+def is_file_at(hold: typing.IO, path: str) -> bool:
+    """Whether the open file is the one at path now (not removed, not replaced)."""
+    try:
+        status = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(hold.fileno())
+    return (status.st_dev, status.st_ino) == (held.st_dev, held.st_ino)
+
+
+def lock_or_holder(hold: typing.IO, exclusive: bool = True, patience: float = 5.0) -> typing.Optional[str]:
+    """Take the lock of an open run.lock (exclusive, or shared: enough to learn whether a
+    run holds it) without waiting for it: None once taken, else the name of the process
+    that holds it. A run names itself just after it locks, so while the file names no one,
+    or a process of this machine that has ended (the last run's name), this tries again for
+    up to `patience` seconds before it answers. Raises OSError where the file system
+    cannot lock."""
+    import fcntl
+
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(hold, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            hold.seek(0)
+            holder = hold.read(200).decode(errors="replace").strip()
+            if (holder and not has_ended(holder)) or time.monotonic() > deadline:
+                return holder or "another process"
+            time.sleep(0.05)
+
+
+def has_ended(holder: str) -> bool:
+    """Whether a holder's name (`name_holder`) is that of a process of this machine that has ended."""
+    named = re.fullmatch(r"process (\d+) on (.*)", holder)
+    if not named or named.group(2) != platform.node():
+        return False
+    try:
+        os.kill(int(named.group(1)), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):
+        pass
+    return False
+
+
+def refuse_if_held(run_dir: str) -> None:
+    """Raise UserError naming the process that holds run_dir, where one does: said before
+    anything else of an existing folder, so that the folder of a live run is refused as
+    that, whether or not it holds a checkpoint yet. Creates and writes nothing; the lock,
+    where free, is taken for a moment only."""
+    try:
+        import fcntl  # noqa: F401
+        probe = open(os.path.join(run_dir, RUN_LOCK), "rb", opener=open_without_following)
+    except (ImportError, OSError):
+        return  # no lock file, or none to lock: no run holds the folder, and the checks after this say what else is wrong
+    with probe:
+        with contextlib.suppress(OSError):
+            holder = lock_or_holder(probe, exclusive=False)
+            if holder is not None:
+                raise UserError(f"{run_dir} is in use by {holder}; wait for that run to end, or choose another --run-dir")
 
 
 def name_holder(hold: typing.Optional[typing.IO]) -> typing.Optional[typing.IO]:
     """Write this process into the run.lock it holds, once the folder is known to be its run's."""
     if hold:
-        hold.seek(0)
-        hold.truncate()
-        hold.write(f"process {os.getpid()} on {platform.node()}\n")
-        hold.flush()
+        try:
+            hold.seek(0)
+            hold.truncate()
+            hold.write(f"process {os.getpid()} on {platform.node()}\n".encode())
+            hold.flush()
+        except OSError as error:
+            raise folder_problem(os.path.dirname(hold.name), error) from None
     return hold
 
 
@@ -1958,16 +2201,23 @@ class RunFolder:
         try:
             yield
         except OSError as error:
+            import errno
+
+            space = error.errno in (errno.ENOSPC, errno.EDQUOT)
             raise RunFolderUnwritable(f"cannot write {error.filename or self.run_dir} ({error.strerror}); {self.kept()}; "
-                                      "free some space or choose another --run-dir") from None
+                                      f"{'free some space or ' if space else ''}choose another --run-dir") from None
 
     def kept(self) -> str:
         return what_is_kept(self.run_dir)
 
     def open(self, keep_iterations: typing.Optional[int]) -> None:
-        with self.writes():
+        """The run's first writes: where they fail, the folder's problem is said as the
+        folder's (`folder_problem`), also where no run.lock was written before them."""
+        try:
             self.log = MetricsLog(self.run_dir, self.config.tensorboard, keep_iterations)
             write_run_file(os.path.join(self.run_dir, "config.json"), json.dumps(dataclasses.asdict(self.config), indent=2))
+        except OSError as error:
+            raise folder_problem(self.run_dir, error) from None
 
     def write_metrics(self, row: dict) -> None:
         with self.writes():
@@ -2292,42 +2542,56 @@ def plot_runs(run_dirs: list[str], output: str) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def ppo(config: Config, resume: typing.Optional[str] = None) -> dict:
+def ppo(config: Config, resume: typing.Optional[str] = None, checkpoint: typing.Optional[dict] = None) -> dict:
     """Train with PPO as `config` says; return the final metrics.
 
     Everything comes in through the arguments. `resume` is a checkpoint path: training
     continues from it (networks, optimizer, normalizers, random state and, where the
-    environment allows, the episodes in progress) up to config.total_steps.
+    environment allows, the episodes in progress) up to config.total_steps. `checkpoint`
+    is that file as `load_checkpoint` read it, where the caller has read it already (`main`
+    takes the config from it): the run's settings and its state then come from one read.
     Started by torchrun with W processes, each is one rank of a data-parallel run
     (section 11): rank 0 alone claims the run folder, writes to it and prints.
     """
     with process_group(resolve_device(config.device)) as device:
-        check_precision(device, config.precision)  # of this rank's GPU under torchrun
-        check_split(config)
-        checkpoint = load_checkpoint(resume) if resume else None
-        if checkpoint:
-            check_compatible(checkpoint, config, resume)
-        if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
-            raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
-        if importlib.util.find_spec("PIL") is None or version_of("pillow") < (10, 1):
-            raise UserError("ppo.py draws each run's learning-curve.png with Pillow 10.1 or newer: pip install -r requirements.txt")
-        check_memory(config, device)
+        with checked_on_every_rank():  # each rank's own GPU, memory and read of the checkpoint
+            check_precision(device, config.precision)  # of this rank's GPU under torchrun
+            check_split(config)
+            if resume and checkpoint is None:
+                checkpoint = load_checkpoint(resume)
+            if checkpoint:
+                check_compatible(checkpoint, config, resume)
+            if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
+                raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
+            if importlib.util.find_spec("PIL") is None or version_of("pillow") < (10, 1):
+                raise UserError("ppo.py draws each run's learning-curve.png with Pillow 10.1 or newer: pip install -r requirements.txt")
+            check_memory(config, device)
         run_dir, created, hold = on_rank_0(claim_run_dir, config, resume) or (None, False, None)
         run_dir = from_rank_0(run_dir)  # rank 0 holds the folder for the job
         try:
-            if resume and (not os.path.exists(resume) or checkpoint_stamp(resume) != checkpoint["stamp"]):
-                raise UserError(f"{resume} was replaced while this run started (by a run that has ended since); "
-                                "run the command again to resume from the new one")
+            with checked_on_every_rank():
+                check_not_replaced(resume, checkpoint, run_dir)
             return run(config, device, run_dir, checkpoint, resume)
         except BaseException:
-            with contextlib.suppress(OSError):  # the error that stopped the run is the one to report
-                if created and set(os.listdir(run_dir)) <= {RUN_LOCK}:  # never leave an empty run folder behind
-                    os.remove(os.path.join(run_dir, RUN_LOCK))
-                    os.rmdir(run_dir)
+            if created:
+                remove_new_folder(run_dir)  # never leave an empty run folder behind; still held
             raise
         finally:
             if hold:
                 hold.close()  # the folder is free again
+
+
+def check_not_replaced(resume: typing.Optional[str], checkpoint: typing.Optional[dict], run_dir: str) -> None:
+    """Raise UserError where a resume into the checkpoint's own folder read a checkpoint that
+    has been replaced since (by another run of that folder, which has ended, since this one
+    now holds the folder): going on would save an older state over a newer one. A resume into
+    a new folder goes on from what it read, a whole checkpoint, even while its run still
+    trains and saves."""
+    if not resume or os.path.realpath(os.path.dirname(resume) or ".") != os.path.realpath(run_dir):
+        return
+    if not os.path.exists(resume) or checkpoint_stamp(resume) != checkpoint["stamp"]:
+        raise UserError(f"{resume} was replaced while this run started, by another run of its folder that has ended since; "
+                        "run the command again to resume from the new one")
 
 
 def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.Optional[dict], resume: typing.Optional[str]) -> dict:
@@ -2567,6 +2831,17 @@ def check_record_path(path: str) -> None:
         raise UserError(f"--record {path}: the folder {os.path.dirname(path)} does not exist; create it or choose another path")
 
 
+def check_draws_pictures(env_id: str) -> None:
+    """Raise UserError unless the environment can draw its frames as pictures (render mode
+    rgb_array), which --record and --watch show; a user's own environment may draw none."""
+    probe = gym.make(env_id)
+    modes = probe.metadata.get("render_modes") or []
+    probe.close()
+    if "rgb_array" not in modes:
+        raise UserError(f"{env_id} draws no pictures (its render_modes are {list(modes)}, without 'rgb_array'), "
+                        "so --record and --watch cannot show it; use --eval alone")
+
+
 def frame_milliseconds(fps: float) -> int:
     """How long a GIF shows each picture: GIF counts time in hundredths of a second."""
     return 10 * max(1, round(100 / fps))
@@ -2637,6 +2912,8 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: typing.Optio
     check_precision(torch_device, config.precision)
     single_spaces(config)  # the environment can be made here, and the networks take its spaces
     shown_pictures = watch or record is not None
+    if shown_pictures and not is_atari(config.env_id):
+        check_draws_pictures(config.env_id)
     if shown_pictures and is_mujoco(config.env_id) and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["MUJOCO_GL"] = "egl"  # no display: MuJoCo draws off screen through EGL
     if shown_pictures and not is_atari(config.env_id):  # one copy that draws its pictures
@@ -2821,8 +3098,8 @@ def make_config(env: str = DEFAULT_ENV, **overrides) -> Config:
         else:
             try:
                 probe = gym.make(env)
-            except (gym.error.Error, ImportError) as error:
-                raise UserError(f"{env} cannot be made here: {error}") from None
+            except Exception as error:  # also a user's own environment (module:EnvId) that fails in its constructor
+                raise UserError(f"{env} cannot be made here: {(str(error).splitlines() or [''])[0]}") from None
             probe.close()
             defaults = CONTINUOUS_DEFAULTS if isinstance(probe.action_space, gym.spaces.Box) else {}
     try:
@@ -2871,19 +3148,27 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
             if record:
                 print(f"recorded to {record}")
             return 0
+        checkpoint = None
         if resume:
-            saved = load_checkpoint(resume)["config"]
+            checkpoint = load_checkpoint(resume)  # read once: the config here, the state in ppo()
+            saved = checkpoint["config"]
             if "device" not in arguments and note_missing_device(resume, saved.device):
                 arguments["device"] = "cpu"
             # The run continues beside its checkpoint (wherever it was moved), unless --run-dir says otherwise.
             config = dataclasses.replace(saved, **{"run_dir": None, **arguments})
         else:
             config = make_config(**arguments)
-        metrics = ppo(config, resume=resume)
+        metrics = ppo(config, resume=resume, checkpoint=checkpoint)
     except (UserError, TrainingDiverged, RunFolderUnwritable) as error:
-        if is_first_process():  # every rank has the same error; rank 0 says it
+        if speaks_for(error):  # under torchrun, every rank stops with the error; the rank that found it says it
             print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UserError) else 1
+    except StoppedOnAnotherRank:  # that rank prints its traceback
+        return 1
+    except RuntimeError as error:
+        if not lost_another_rank(error):
+            raise
+        return 1
     except KeyboardInterrupt:
         print("stopped without saving; the last periodic checkpoint is kept", file=sys.stderr)
         return 130

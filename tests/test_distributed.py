@@ -4,10 +4,12 @@ parts of a minibatch (DistributedDataParallel), and an iteration's figures are j
 ranks; ranks keep identical weights and step disjoint environments; and torchrun trains,
 resumes, stops on a signal and spans two launchers."""
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 
 import numpy as np
@@ -318,6 +320,108 @@ def test_environments_that_do_not_split_over_the_ranks_get_one_line(tmp_path):
     assert ours == ["error: --num-envs 5 (the environments of all processes) does not split evenly over 2 processes; "
                     "use a multiple of 2"], result.stderr[-3000:]
     assert not (tmp_path / "run").exists()
+
+
+# What a user reads when torchrun's job stops --------------------------------------------------
+
+QUIET = {**os.environ, "OMP_NUM_THREADS": "1"}  # else torchrun itself prints a notice that it set it
+LAUNCHER_LOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")  # torchrun's own log lines: W1207 13:07:40.002000 4125 ...
+
+
+def what_the_ranks_said(stderr):
+    """The lines the ranks wrote to stderr (torchrun's log lines and its closing report left
+    out), and each rank's exit status as torchrun reports it, by rank."""
+    report = stderr.find("Traceback (most recent call last):\n  File") if "ChildFailedError" in stderr else len(stderr)
+    ranks = [line for line in stderr[:report].splitlines() if not LAUNCHER_LOG.match(line)]
+    exits = {int(rank): int(code) for rank, code in re.findall(r"rank\s*: (\d+) \(local_rank: \d+\)\n\s*exitcode\s*: (-?\d+)", stderr)}
+    return ranks, exits
+
+
+def torchrun_script(folder, patch, *arguments):
+    """torchrun with 2 ranks of a script that changes ppo.py as `patch` says, then runs its main."""
+    script = folder / "patched_ppo.py"
+    script.write_text(f"import os, sys\nsys.path.insert(0, {ROOT!r})\nimport ppo\n{textwrap.dedent(patch)}\n"
+                      "status = ppo.main()\nsys.stdout.flush()\nsys.stderr.flush()\nos._exit(status)\n")
+    return subprocess.run([*TORCHRUN, "--standalone", "--nproc-per-node", "2", str(script), *arguments], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=QUIET)
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("two-ranks") / "run"
+    result = torchrun("--env", "CartPole", "--total-steps", "2048", "--target-return", "none", "--run-dir", str(run_dir), env=QUIET)
+    return result, run_dir
+
+
+def test_a_torchrun_start_prints_no_warning(two_rank_run):
+    """torch 2.13 deprecates DistributedDataParallel's broadcast_buffers with a FutureWarning,
+    which every rank printed; the networks have no buffers, so the argument is left out."""
+    result, _ = two_rank_run
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "finished: checkpoint saved" in result.stdout
+
+
+def test_a_damaged_runner_state_of_rank_1_is_said_in_one_line_and_every_rank_exits_2(tmp_path, two_rank_run):
+    """Rank 1 alone reads "other_ranks" of a checkpoint: its error was silent, rank 0 waited
+    in a collective until torchrun ended it. Now rank 1 says it, every rank exits 2, and
+    nothing follows it but torchrun's report of the exits."""
+    _, run_dir = two_rank_run
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    checkpoint["other_ranks"][0]["runner"]["episode_returns"] = torch.zeros(3)
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    result = torchrun("--resume", str(tmp_path / "checkpoint.pt"), "--total-steps", "4096", env=QUIET)
+    said, exits = what_the_ranks_said(result.stderr)
+    assert said == [f"error: {tmp_path / 'checkpoint.pt'} has a damaged 'other_ranks' entry (ValueError, rank 1's runner and "
+                    "random state); use another checkpoint of the run"], result.stderr
+    assert exits == {0: 2, 1: 2} and result.stdout == "", result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "run.lock"] and (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_policy_that_diverges_on_one_rank_ends_the_job_in_that_ranks_one_line(tmp_path):
+    """Rank 1 stops alone and says why; rank 0, waiting for it in a collective, ends without
+    a traceback of gloo's lost connection."""
+    patch = """
+        import torch
+        original_update = ppo.update
+        def update_then_blow_up(agent, *arguments):
+            losses = original_update(agent, *arguments)
+            if os.environ["RANK"] == "1":  # rank 1's next rollout has logits that overflow
+                with torch.no_grad():
+                    agent.actor.logits_net[-1].weight.fill_(3e38)
+            return losses
+        ppo.update = update_then_blow_up
+    """
+    result = torchrun_script(tmp_path, patch, "--total-steps", "100000", "--target-return", "none", "--run-dir", str(tmp_path / "run"))
+    said, exits = what_the_ranks_said(result.stderr)
+    assert said == ["error: iteration 2: the policy's probabilities became NaN or infinite on rank 1; no checkpoint had been "
+                    "written yet; start again with a lower --learning-rate or --max-grad-norm"], result.stderr
+    assert exits[1] == 1 and exits[0] in (1, -signal.SIGTERM), result.stderr  # rank 0's end, or torchrun's SIGTERM first
+
+
+def test_a_disk_that_fills_as_rank_0_names_the_holder_stops_every_rank_in_one_line(tmp_path):
+    """An OSError while run.lock is written was a traceback on rank 0, and rank 1 waited for
+    it in a broadcast; the new folder stayed."""
+    patch = """
+        import builtins, errno
+        real_open = builtins.open
+        class FillsWhenWritten:
+            def __init__(self, file):
+                self.file = file
+            def __getattr__(self, name):
+                return getattr(self.file, name)
+            def write(self, data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        def lock_file_on_a_full_disk(path, mode="r", *arguments, **keywords):
+            file = real_open(path, mode, *arguments, **keywords)
+            return FillsWhenWritten(file) if os.path.basename(str(path)) == "run.lock" else file
+        builtins.open = lock_file_on_a_full_disk
+    """
+    result = torchrun_script(tmp_path, patch, "--total-steps", "2048", "--run-dir", str(tmp_path / "run"))
+    said, exits = what_the_ranks_said(result.stderr)
+    assert said == [f"error: cannot write {tmp_path / 'run'} (No space left on device); no checkpoint had been written yet; "
+                    "free some space or choose another --run-dir"], result.stderr
+    assert exits == {0: 1, 1: 1} and not (tmp_path / "run").exists()
 
 
 def test_a_checkpoint_of_format_2_is_read_as_one_processs(tmp_path):

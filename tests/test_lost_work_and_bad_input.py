@@ -4,6 +4,7 @@ hashed before and after."""
 import errno
 import hashlib
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -70,7 +71,10 @@ def test_the_current_folder_is_refused_when_it_holds_files(tmp_path, capsys, mon
     assert os.listdir(tmp_path) == ["config.json"]
 
 
-def test_an_empty_folder_is_taken_and_a_failed_start_removes_the_folder_it_made(tmp_path, capsys):
+@pytest.mark.parametrize("flock", ["flock", "no fcntl"])
+def test_an_empty_folder_is_taken_and_a_failed_start_removes_the_folder_it_made(tmp_path, capsys, monkeypatch, flock):
+    if flock == "no fcntl":
+        monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl raises ImportError, as on Windows: no run.lock
     (tmp_path / "empty").mkdir()
     assert ppo.ppo(cartpole(tmp_path / "empty", total_steps=1024))["status"] == "finished"
     checkpoint = torch.load(tmp_path / "empty" / "checkpoint.pt", weights_only=True)
@@ -103,7 +107,8 @@ def test_a_checkpoint_that_is_not_its_folders_checkpoint_pt_needs_a_run_dir(tmp_
 
 def test_a_folder_held_by_a_run_is_refused_in_one_line_naming_the_holder(tmp_path, capsys):
     """A run (here this process, holding the folder as a run does) keeps a fresh run and a
-    resume out of its folder, with nothing written; once it lets go, the resume goes on."""
+    resume out of its folder, with nothing written, each told which process holds it, also
+    where the folder holds a checkpoint already; once it lets go, the resume goes on."""
     ppo.ppo(cartpole(tmp_path / "run", total_steps=1024))
     capsys.readouterr()
     hold = ppo.name_holder(ppo.hold_run_dir(str(tmp_path / "run")))
@@ -112,7 +117,7 @@ def test_a_folder_held_by_a_run_is_refused_in_one_line_naming_the_holder(tmp_pat
         assert ppo.main(["--resume", str(tmp_path / "run" / "checkpoint.pt"), "--total-steps", "2048", "--learning-rate", "1e-3"]) == 2
         one_error_line(capsys, f"{tmp_path / 'run'} is in use by process {os.getpid()} on ")
         assert ppo.main(["--run-dir", str(tmp_path / "run"), "--seed", "2"]) == 2
-        one_error_line(capsys, f"{tmp_path / 'run'} already holds a run")  # checked before its lock is asked for
+        one_error_line(capsys, f"{tmp_path / 'run'} is in use by process {os.getpid()} on ")  # not "continue it with --resume"
         assert hashes(tmp_path) == before
     finally:
         hold.close()
@@ -129,6 +134,53 @@ def test_an_empty_folder_held_by_a_starting_run_is_refused(tmp_path, capsys):
     finally:
         hold.close()
     assert ppo.main(["--run-dir", str(tmp_path / "run"), "--total-steps", "1024"]) == 0  # the lock file of a run that wrote nothing
+
+
+def test_a_checkpoint_is_read_once_for_the_settings_and_the_state(tmp_path, monkeypatch, trained_run):
+    """main takes the config from the checkpoint and ppo() the state from the same read, so
+    a checkpoint replaced in between cannot give one the other's settings."""
+    shutil.copytree(trained_run, tmp_path / "run")
+    reads = []
+    real_load = torch.load
+    def counted(file, *arguments, **keywords):
+        reads.append(file)
+        return real_load(file, *arguments, **keywords)
+    monkeypatch.setattr(torch, "load", counted)
+    assert ppo.main(["--resume", str(tmp_path / "run" / "checkpoint.pt"), "--total-steps", "2048", "--learning-rate", "1e-3"]) == 0
+    assert len(reads) == 1, reads
+
+
+def replaced_before_the_folder_is_claimed(monkeypatch, checkpoint_path, newer_path):
+    """Another run of the checkpoint's folder saves (atomically, another file) between this
+    resume's read of the checkpoint and its claim of a folder."""
+    real_claim = ppo.claim_run_dir
+    def claim_after_a_save(config, resume):
+        shutil.copy(newer_path, f"{checkpoint_path}.tmp")
+        os.replace(f"{checkpoint_path}.tmp", checkpoint_path)
+        return real_claim(config, resume)
+    monkeypatch.setattr(ppo, "claim_run_dir", claim_after_a_save)
+
+
+def test_a_resume_into_a_new_folder_goes_on_from_what_it_read_while_its_run_saves_again(tmp_path, capsys, monkeypatch):
+    ppo.ppo(cartpole(tmp_path / "run", total_steps=1024, anneal_lr=False))
+    ppo.ppo(cartpole(tmp_path / "later", total_steps=2048, anneal_lr=False))  # what the source run saves meanwhile
+    replaced_before_the_folder_is_claimed(monkeypatch, tmp_path / "run" / "checkpoint.pt", tmp_path / "later" / "checkpoint.pt")
+    assert ppo.main(["--resume", str(tmp_path / "run" / "checkpoint.pt"), "--run-dir", str(tmp_path / "new"),
+                     "--total-steps", "2048"]) == 0
+    assert iterations_in(tmp_path / "new" / "metrics.csv") == [3, 4]  # from the checkpoint it read, of 2 iterations
+
+
+def test_a_resume_of_its_own_folder_whose_checkpoint_was_replaced_meanwhile_is_refused(tmp_path, capsys, monkeypatch):
+    """Going on would save a state older than the one now there over it."""
+    ppo.ppo(cartpole(tmp_path / "run", total_steps=1024, anneal_lr=False))
+    ppo.ppo(cartpole(tmp_path / "later", total_steps=2048, anneal_lr=False))
+    replaced_before_the_folder_is_claimed(monkeypatch, tmp_path / "run" / "checkpoint.pt", tmp_path / "later" / "checkpoint.pt")
+    before = hashes(tmp_path / "later")["checkpoint.pt"]
+    capsys.readouterr()
+    assert ppo.main(["--resume", str(tmp_path / "run" / "checkpoint.pt"), "--total-steps", "4096"]) == 2
+    one_error_line(capsys, f"{tmp_path / 'run' / 'checkpoint.pt'} was replaced while this run started, by another run of its "
+                           "folder that has ended since; run the command again to resume from the new one")
+    assert hashes(tmp_path / "run")["checkpoint.pt"] == before
 
 
 def ppo_process(*arguments):
@@ -169,6 +221,60 @@ def test_two_resumes_of_one_checkpoint_started_at_once_leave_one_run_and_one_ref
     one_trains_and_one_is_refused([ppo_process(*resume), ppo_process(*resume)], run_dir)
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["iteration"] == 80
     assert iterations_in(run_dir / "metrics.csv") == list(range(1, 81))
+
+
+def refusal_naming(run_dir, process):
+    return f"error: {run_dir} is in use by process {process.pid} on {platform.node()}; wait for that run to end, or choose another --run-dir\n"
+
+
+def stop_and_check_it_saved(process, run_dir):
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert f"interrupted: checkpoint saved to {run_dir / 'checkpoint.pt'}" in stdout
+
+
+@pytest.mark.long
+def test_three_runs_at_once_on_one_folder_leave_one_run_and_every_other_start_is_refused_naming_it(tmp_path):
+    """Three fresh runs started at once: exactly one trains, the other two are told which
+    process holds the folder. A fourth, started once the run has saved a checkpoint, is
+    told the same (not to continue the run with --resume, which the lock would refuse)."""
+    run_dir = tmp_path / "run"
+    common = ["--run-dir", str(run_dir), "--total-steps", "100000000", "--target-return", "none", "--save-every", "1"]
+    processes = [ppo_process(*common, "--seed", str(seed)) for seed in (1, 2, 3)]
+    deadline = time.time() + 180
+    while time.time() < deadline and not (run_dir / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    holder = (run_dir / "run.lock").read_text()
+    winner = next(process for process in processes if holder == f"process {process.pid} on {platform.node()}\n")
+    wait_for_rows(winner, run_dir / "metrics.csv", 2)
+    for process in processes:
+        if process is not winner:
+            stdout, stderr = process.communicate(timeout=120)
+            assert process.returncode == 2 and stdout == "" and stderr == refusal_naming(run_dir, winner), stderr
+    later = subprocess.run([sys.executable, "ppo.py", *common, "--seed", "4"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert later.returncode == 2 and later.stderr == refusal_naming(run_dir, winner), later.stderr
+    stop_and_check_it_saved(winner, run_dir)
+    seed = (1, 2, 3)[processes.index(winner)]
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["config"]["seed"] == seed
+
+
+@pytest.mark.long
+def test_a_checkpoint_resumes_into_a_new_folder_while_its_run_trains_and_saves(tmp_path):
+    """Its run replaces the checkpoint every iteration; the resume reads one whole
+    checkpoint and goes on from it in its own folder."""
+    source = tmp_path / "run"
+    training = ppo_process("--run-dir", str(source), "--total-steps", "100000000", "--target-return", "none", "--save-every", "1")
+    wait_for_rows(training, source / "metrics.csv", 2)
+    # It trains until the mean return of its last 10 episodes reaches 0: after its first iteration.
+    resumed = subprocess.run([sys.executable, "ppo.py", "--resume", str(source / "checkpoint.pt"), "--run-dir", str(tmp_path / "new"),
+                              "--target-return", "0", "--return-window", "10"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"solved: checkpoint saved to {tmp_path / 'new' / 'checkpoint.pt'}" in resumed.stdout
+    first, *_ = iterations_in(tmp_path / "new" / "metrics.csv")
+    assert first >= 3 and torch.load(tmp_path / "new" / "checkpoint.pt", weights_only=True)["iteration"] == first
+    assert training.poll() is None
+    stop_and_check_it_saved(training, source)
 
 
 def wait_for_rows(process, metrics_csv, rows):
@@ -299,6 +405,55 @@ def mounted_tmpfs(folder, size):
 
 
 @pytest.mark.long
+def test_a_run_folder_on_a_read_only_mount_is_one_line_naming_it(tmp_path):
+    """As a user meets it (a read-only mount: EROFS, also for root): a resume of the run
+    there, and a fresh run aimed at a new folder there."""
+    disk = tmp_path / "disk"
+    mounted_tmpfs(disk, "2m")
+    try:
+        ppo.ppo(cartpole(disk / "run", total_steps=1024))
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        before = hashes(disk)
+        checkpoint = disk / "run" / "checkpoint.pt"
+        resumed = subprocess.run([sys.executable, "ppo.py", "--resume", str(checkpoint), "--total-steps", "2048"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 2 and resumed.stderr == (
+            f"error: {disk / 'run'} is on a read-only file system, so a run cannot write there; resume it into a new "
+            f"folder with --resume {checkpoint} --run-dir NEW_FOLDER\n"), resumed.stderr
+        fresh = subprocess.run([sys.executable, "ppo.py", "--run-dir", str(disk / "new")], cwd=ROOT, capture_output=True,
+                               text=True, timeout=120)
+        assert fresh.returncode == 2 and fresh.stderr == (f"error: {disk / 'new'} is on a read-only file system, so a run "
+                                                          "cannot write there; choose another --run-dir\n"), fresh.stderr
+        assert hashes(disk) == before
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.long
+def test_a_folder_that_may_not_be_written_and_a_dangling_link_are_one_line_from_the_command_line(tmp_path):
+    """A folder made immutable (chattr +i: EPERM, also for root, who ignores permission
+    bits), and a --run-dir that is a link to nowhere."""
+    os.symlink(tmp_path / "nowhere", tmp_path / "link")
+    dangling = subprocess.run([sys.executable, "ppo.py", "--run-dir", str(tmp_path / "link")], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+    assert dangling.returncode == 2 and dangling.stderr == (
+        f"error: --run-dir {tmp_path / 'link'} is a symbolic link to {tmp_path / 'nowhere'}, which does not exist; "
+        "make that folder, or choose another --run-dir\n"), dangling.stderr
+    assert not (tmp_path / "nowhere").exists()
+    (tmp_path / "locked").mkdir()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(tmp_path / "locked")]).returncode != 0:
+        pytest.skip("chattr +i is not available on this file system")
+    try:
+        refused = subprocess.run([sys.executable, "ppo.py", "--run-dir", str(tmp_path / "locked")], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["chattr", "-i", str(tmp_path / "locked")], check=True)
+    assert refused.returncode == 2 and refused.stderr == (f"error: {tmp_path / 'locked'} is not writable for this user "
+                                                          "(Operation not permitted); choose another --run-dir\n"), refused.stderr
+    assert os.listdir(tmp_path / "locked") == []
+
+
+@pytest.mark.long
 def test_a_disk_that_fills_during_a_checkpoint_write_ends_in_one_line(tmp_path):
     """As a user meets it: the run folder on a 220 KB tmpfs fills while the second
     checkpoint (about 135 KB) is written."""
@@ -316,15 +471,144 @@ def test_a_disk_that_fills_during_a_checkpoint_write_ends_in_one_line(tmp_path):
         subprocess.run(["umount", str(disk)], check=True)
 
 
-def test_a_folder_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
+def refusing_writes(monkeypatch, folder, error_number, only=None):
+    """Every file opened for writing under folder (or only the one named `only`) fails with
+    error_number, as on a read-only mount (EROFS), in a folder this user may not write
+    (EACCES; EPERM, as for root in a folder made immutable) or on a full disk (ENOSPC).
+    Simulated in this process: the tests run as root, which writes whatever the permission
+    bits say; tests/test_lost_work_and_bad_input.py's long tests meet the real ones."""
     real_open = open
-    def read_only(path, mode="r", *arguments, **keywords):
-        if str(path).startswith(str(tmp_path)) and any(flag in mode for flag in "wa"):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    def refusing(path, mode="r", *arguments, **keywords):
+        if (str(path).startswith(str(folder)) and any(flag in mode for flag in "wa")
+                and (only is None or os.path.basename(str(path)) == only)):
+            raise OSError(error_number, os.strerror(error_number), str(path))
         return real_open(path, mode, *arguments, **keywords)
-    monkeypatch.setattr("builtins.open", read_only)
+    monkeypatch.setattr("builtins.open", refusing)
+
+
+FOLDERS_OWN_PROBLEMS = [(errno.EROFS, "is on a read-only file system, so a run cannot write there"),
+                        (errno.EACCES, "is not writable for this user (Permission denied)"),
+                        (errno.EPERM, "is not writable for this user (Operation not permitted)")]
+
+
+@pytest.mark.parametrize("flock", ["flock", "no fcntl"])
+@pytest.mark.parametrize("error_number, message", FOLDERS_OWN_PROBLEMS)
+def test_a_folder_that_cannot_be_written_is_the_folders_problem_in_one_line(tmp_path, capsys, monkeypatch, flock,
+                                                                             error_number, message):
+    """The line names the folder and the fix, with exit status 2 (an input the user can
+    fix), whether run.lock or, where there is no flock, config.json is the first write; and
+    the folder the run made is removed again (also where no run.lock was made)."""
+    refusing_writes(monkeypatch, tmp_path, error_number)
+    if flock == "no fcntl":
+        monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl raises ImportError, as on Windows
+    assert ppo.main(["--run-dir", str(tmp_path / "run"), "--total-steps", "1024"]) == 2
+    error = capsys.readouterr().err
+    assert error == f"error: {tmp_path / 'run'} {message}; choose another --run-dir\n", error
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_whose_folder_cannot_be_written_is_told_to_resume_into_another(tmp_path, capsys, monkeypatch, trained_run):
+    shutil.copytree(trained_run, tmp_path / "run")
+    before = hashes(tmp_path)
+    refusing_writes(monkeypatch, tmp_path, errno.EROFS)
+    assert ppo.main(["--resume", str(tmp_path / "run" / "checkpoint.pt"), "--total-steps", "2048"]) == 2
+    one_error_line(capsys, f"{tmp_path / 'run'} is on a read-only file system, so a run cannot write there; resume it "
+                           f"into a new folder with --resume {tmp_path / 'run' / 'checkpoint.pt'} --run-dir NEW_FOLDER")
+    assert hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize("flock", ["flock", "no fcntl"])
+def test_a_full_disk_at_the_start_is_exit_1_and_removes_the_new_folder(tmp_path, capsys, monkeypatch, flock):
+    """A full disk is the machine's problem, not the input's: exit status 1, as during a run."""
+    refusing_writes(monkeypatch, tmp_path, errno.ENOSPC)
+    if flock == "no fcntl":
+        monkeypatch.setitem(sys.modules, "fcntl", None)
     assert ppo.main(["--run-dir", str(tmp_path / "run"), "--total-steps", "1024"]) == 1
-    one_error_line(capsys, "(Read-only file system); no checkpoint had been written yet")
+    first_file = "run.lock" if flock == "flock" else f"metrics.csv.{os.getpid()}.tmp"
+    one_error_line(capsys, f"cannot write {tmp_path / 'run' / first_file} (No space left on device); no checkpoint had been "
+                           "written yet; free some space or choose another --run-dir")
+    assert not (tmp_path / "run").exists()
+
+
+class FillsWhenWritten:
+    """A file whose writes fail as on a disk that has just filled; everything else is the file's."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_disk_that_fills_as_the_holder_is_named_ends_in_one_line_and_removes_the_new_folder(tmp_path, capsys, monkeypatch):
+    real_open = open
+    def lock_file_on_a_full_disk(path, mode="r", *arguments, **keywords):
+        file = real_open(path, mode, *arguments, **keywords)
+        return FillsWhenWritten(file) if os.path.basename(str(path)) == "run.lock" else file
+    monkeypatch.setattr("builtins.open", lock_file_on_a_full_disk)
+    assert ppo.main(["--run-dir", str(tmp_path / "run"), "--total-steps", "1024"]) == 1
+    one_error_line(capsys, f"cannot write {tmp_path / 'run'} (No space left on device); no checkpoint had been written yet; "
+                           "free some space or choose another --run-dir")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_dangling_link_given_as_the_run_dir_is_one_line(tmp_path, capsys):
+    os.symlink(tmp_path / "elsewhere" / "run", tmp_path / "link")
+    assert ppo.main(["--run-dir", str(tmp_path / "link"), "--total-steps", "1024"]) == 2
+    one_error_line(capsys, f"--run-dir {tmp_path / 'link'} is a symbolic link to {tmp_path / 'elsewhere' / 'run'}, which does "
+                           "not exist; make that folder, or choose another --run-dir")
+    assert sorted(os.listdir(tmp_path)) == ["link"]
+
+
+def test_a_path_through_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("a user's file\n")
+    assert ppo.main(["--run-dir", str(tmp_path / "notes.txt" / "run"), "--total-steps", "1024"]) == 2
+    one_error_line(capsys, f"{tmp_path / 'notes.txt' / 'run'} is not a folder (it, or a folder on its path, is a file)")
+
+
+@pytest.mark.parametrize("kind", ["a user's file", "a link to a user's file", "a folder"])
+def test_a_run_lock_that_is_not_a_runs_lock_file_is_refused_and_kept(tmp_path, capsys, kind):
+    """In an otherwise empty folder, a run.lock of a user's is neither truncated nor followed."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "notes.txt").write_text("a user's notes\n")
+    if kind == "a user's file":
+        (tmp_path / "run" / "run.lock").write_text("a user's notes\n")
+    elif kind == "a link to a user's file":
+        os.symlink(tmp_path / "notes.txt", tmp_path / "run" / "run.lock")
+    else:
+        (tmp_path / "run" / "run.lock").mkdir()
+    before = hashes(tmp_path)
+    assert ppo.main(["--run-dir", str(tmp_path / "run"), "--total-steps", "1024"]) == 2
+    described = {"a user's file": "a file of other contents", "a link to a user's file": "a symbolic link", "a folder": "a folder"}
+    one_error_line(capsys, f"{tmp_path / 'run' / 'run.lock'} is {described[kind]}, not the lock file of a ppo.py run, "
+                           "and it is kept")
+    assert hashes(tmp_path) == before and os.path.islink(tmp_path / "run" / "run.lock") == (kind == "a link to a user's file")
+
+
+def test_a_lock_file_removed_while_it_was_being_locked_is_not_held(tmp_path, monkeypatch):
+    """A start that fails removes its new folder's run.lock while it still holds it; a
+    process that opened that file before, and locks it once it is free, holds a file that
+    is no longer the folder's. It sees so and locks the one at the path."""
+    (tmp_path / "run").mkdir()
+    path = tmp_path / "run" / "run.lock"
+    real_lock = ppo.lock_or_holder
+    removed = []
+    def removed_before_the_lock_is_taken(hold, *arguments, **keywords):
+        if not removed:
+            os.remove(path)  # as the failed start does; then another start makes run.lock anew
+            path.write_text("")
+            removed.append(True)
+        return real_lock(hold, *arguments, **keywords)
+    monkeypatch.setattr(ppo, "lock_or_holder", removed_before_the_lock_is_taken)
+    hold = ppo.name_holder(ppo.hold_run_dir(str(tmp_path / "run")))
+    try:
+        assert os.fstat(hold.fileno()).st_ino == os.stat(path).st_ino
+        assert path.read_text() == f"process {os.getpid()} on {ppo.platform.node()}\n"
+    finally:
+        hold.close()
 
 
 @pytest.mark.parametrize("run_dir, message", [("/proc/self", "is not empty"), ("/dev/null", "is a file, not a folder")])
