@@ -26,8 +26,9 @@ Algorithm 1, and one iteration), 2 the rollout, 3 the advantages (GAE and the bu
 update, 5 its losses, 6 actors and critic, 7 networks. A reader who stops there has read all
 of PPO. Part II runs it as a tool: 8 the configuration, 9 the learner's parts (environments,
 networks, optimizer), 10 running normalization for continuous control, 11 several processes
-(torchrun), 12 checking the input, 13 checkpoints, 14 the run folder, its log and pictures,
-15 `ppo()`, a run from start to stop, 16 evaluation and recordings, 17 the command line.
+(torchrun), 12 checking the input, 13 checkpoints, 14 the run folder and its lock, 15 its
+files and the metrics log, 16 learning curves and --plot, 17 `ppo()`, a run from start to
+stop, 18 evaluation and recordings, 19 the command line.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ from torch import nn
 def learn(config: Config) -> typing.Iterator[dict]:
     """Train for config.num_iterations iterations; yield each one's diagnostics, among them
     the returns of the episodes that ended in it. The algorithm alone, in one process:
-    `ppo()` (section 16) runs these iterations with checkpoints, torchrun and bfloat16."""
+    `ppo()` (section 17) runs these iterations with checkpoints, torchrun and bfloat16."""
     learner = build_learner(config, torch.device(config.device))  # section 9: the parts below
     try:
         for iteration in range(config.num_iterations):
@@ -493,7 +494,7 @@ class CategoricalActor(nn.Module):
 
     def sample(self, log_pi):
         # Logits that overflowed give NaN probabilities: read as 1, so that sampling goes on (a
-        # GPU's multinomial would end the process), and the run stops after the update (section 14).
+        # GPU's multinomial would end the process), and the run stops after the update (section 17).
         return torch.multinomial(log_pi.exp().nan_to_num(1.0), num_samples=1).squeeze(-1)  # (B,)
 
     def log_prob(self, log_pi, actions):
@@ -688,7 +689,7 @@ def option(default, help: str, family: str = "other settings", within: typing.Op
 @dataclass(frozen=True)
 class Config:
     """Every setting of a run, each field in one place. Symbols are those of the PPO and GAE
-    papers. The defaults are generic; a preset's values come from `make_config` (section 18),
+    papers. The defaults are generic; a preset's values come from `make_config` (section 19),
     so a Config names its environment: make_config("CartPole") is the CartPole preset."""
 
     env: str = option(dataclasses.MISSING, "gymnasium environment id (Acrobot-v1, ALE/Breakout-v5), "
@@ -1685,8 +1686,12 @@ def load_checkpoint(path: str) -> dict:
     except Exception as error:
         raise UserError(f"{path} is not a readable checkpoint ({type(error).__name__}); "
                         "it may be truncated or from another program; use one written by ppo.py") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") not in (2, CHECKPOINT_FORMAT):
-        raise UserError(f"{path} is not a ppo.py checkpoint of format 2 or {CHECKPOINT_FORMAT}; use one written by this ppo.py")
+    if not isinstance(checkpoint, dict) or not is_of_type(checkpoint.get("format"), int):
+        raise UserError(f"{path} is not a ppo.py checkpoint; use one written by ppo.py")
+    if checkpoint["format"] not in (2, CHECKPOINT_FORMAT):
+        newer = "a newer" if checkpoint["format"] > CHECKPOINT_FORMAT else "an older"
+        raise UserError(f"{path} is a checkpoint of format {checkpoint['format']}, written by {newer} ppo.py; this one reads "
+                        f"formats 2 and {CHECKPOINT_FORMAT}: use the ppo.py that wrote it, or start a new run")
     if checkpoint["format"] == 2:  # written before torchrun: by one process
         checkpoint["other_ranks"] = []
     try:
@@ -1718,7 +1723,7 @@ RUNNER_ENTRIES = ("environment", "raw_observations", "episode_returns", "autores
 
 def check_checkpoint_entries(checkpoint: dict, path: str) -> None:
     """Raise UserError unless every entry is there, of its kind, and the weights finite.
-    Shapes are checked where they are loaded (`restore_learner`)."""
+    Shapes are checked where they are loaded (`restore`)."""
     for name, kind in CHECKPOINT_ENTRIES.items():
         value = checkpoint.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -1767,12 +1772,23 @@ def load_model_state(agent: nn.Module, state: dict, path: str) -> None:
 
 
 @checked_on_every_rank()  # each rank restores its own runner and random state: a damaged one stops every rank
-def restore_learner(learner: Learner, checkpoint: dict, path: str, config: Config, device: torch.device) -> list[float]:
-    """Load networks, optimizer, runner and random state; return the run's recent returns."""
-    load_model_state(learner.agent, checkpoint["model"], path)
-    part = "optimizer"
+def restore(checkpoint: dict, path: str, agent: nn.Module, observation_normalizer: typing.Optional[ObservationNormalizer] = None,
+            learner: typing.Optional[Learner] = None, config: typing.Optional[Config] = None,
+            device: typing.Optional[torch.device] = None) -> list[float]:
+    """Restore what `load_checkpoint` read and checked, for every use of a checkpoint: the
+    networks into `agent`; for --eval, --record and --watch, the observation statistics into
+    their normalizer; for --resume, into the learner too: Adam, this rank's runner (its
+    normalizers and, where the environment allows, its episodes in progress), its random
+    state and beta. Returns the run's recent returns (none without a learner)."""
+    load_model_state(agent, checkpoint["model"], path)
+    part = "runner"
     own_entry = "runner" if rank() == 0 else "other_ranks"  # where this rank's runner and random state are kept
     try:
+        if learner is None:
+            if observation_normalizer:
+                load_statistics(observation_normalizer.statistics, checkpoint["runner"]["observation_normalizer"])
+            return []
+        part = "optimizer"
         learner.optimizer.load_state_dict(checkpoint["optimizer"])
         for weight in learner.agent.parameters():
             for moment in ("exp_avg", "exp_avg_sq"):
@@ -1815,59 +1831,14 @@ def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float
 
 
 # ---------------------------------------------------------------------------------------
-# 14. The run folder, the metrics log and signals
+# 14. The run folder and its lock
 # ---------------------------------------------------------------------------------------
-
-
-def say(text: str) -> None:
-    """Print a progress line (rank 0 alone speaks for all). A closed terminal or pipe
-    (`| head`, a hung-up ssh session) must not stop the run before it saves, so a failed
-    print is dropped."""
-    if not is_first_process():
-        return
-    try:
-        print(text, flush=True)
-    except (OSError, ValueError):
-        pass
-
-
-class TrainingDiverged(Exception):
-    """A loss or weight became NaN or infinite."""
+# A run's folder is its own: new or empty when it starts, held with an flock on run.lock
+# for the run's life, so that no other process writes into it; its problems named as its.
 
 
 class RunFolderUnwritable(Exception):
     """Writing into the run folder failed: a full disk, a read-only or vanished folder."""
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers, from glibc's malloc.h
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for the next allocation rather than give it
-    back to the operating system; return whether it was done (Linux with glibc only).
-
-    torch allocates CPU tensors with malloc, and an update allocates and frees the same
-    large tensors at every minibatch (256 Atari observations are 22 MB in float32, their
-    activations several MB). glibc's thresholds adapt to what is freed, and in this loop
-    they often hand such blocks back to the kernel, so the next one page-faults its memory
-    in again. Here blocks up to 32 MiB (the largest mmap threshold glibc accepts on 64 bits)
-    come from the heap, and up to 1 GiB of free heap is kept: the peak memory of one update
-    stays allocated. Measured on Pong: docs/pong-on-a-cpu.md, "Levers for a faster CPU run"."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)  # the C library this interpreter already runs on
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and libc.mallopt(M_TRIM_THRESHOLD, 2**30))
-
-
-# What torch.backends.cpu.get_cpu_capability() says on x86 CPUs without AVX-512.
-CPUS_WITHOUT_FAST_BFLOAT16 = ("NO AVX", "AVX2")
-
-
-def bfloat16_is_slow(device: torch.device) -> bool:
-    """Whether autocast's bfloat16 is known to run slower than float32 here: on a CPU whose
-    widest vector instructions are AVX2 the Pong preset trained 5.8x slower in bfloat16
-    (docs/pong-on-a-cpu.md, "Levers for a faster CPU run"). Unmeasured elsewhere."""
-    return device.type == "cpu" and torch.backends.cpu.get_cpu_capability() in CPUS_WITHOUT_FAST_BFLOAT16
 
 
 def make_default_run_dir(config: Config) -> str:
@@ -2125,6 +2096,12 @@ def name_holder(hold: typing.Optional[typing.IO]) -> typing.Optional[typing.IO]:
     return hold
 
 
+# ---------------------------------------------------------------------------------------
+# 15. The run folder's files: config.json, the metrics log, checkpoints
+# ---------------------------------------------------------------------------------------
+# What a run writes into the folder it holds, one row of metrics.csv per iteration.
+
+
 METRIC_COLUMNS = ("iteration", "global_step", "wall_seconds", "mean_return", "episodes", *UPDATE_DIAGNOSTICS,
                   "explained_variance", "steps_per_second", "learning_rate", "kl_coef")
 
@@ -2239,57 +2216,10 @@ class RunFolder:
             self.log.close()
 
 
-# Ctrl-C (SIGINT), `kill`, `timeout` and schedulers (SIGTERM), and a closed terminal (SIGHUP).
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-class StopSignals:
-    """The first stop signal asks the loop to save and stop after this iteration; a
-    second stops at once (the last periodic checkpoint stays). `received` holds the first
-    signal's number, so that the process can exit with 128 + that number. Under torchrun,
-    a terminal's Ctrl-C reaches each rank twice (from the terminal and from the launcher),
-    so a rank ignores signals after the first and leaves the hard stop to the launcher."""
-
-    def __init__(self):
-        self.received: typing.Optional[int] = None
-
-    def __enter__(self):
-        self.previous = {number: signal.signal(number, self.handle) for number in STOP_SIGNALS}
-        return self
-
-    def handle(self, number, frame):
-        if self.received is not None:
-            if world_size() > 1:  # torchrun passes a signal on to every rank, and kills those still running 30 s later
-                return
-            raise KeyboardInterrupt
-        self.received = number
-        say(f"\n{signal.Signals(number).name}: finishing this iteration, then saving a checkpoint "
-            "(send it again to quit without saving)")
-
-    def __exit__(self, *exc):
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-
-
-def what_diverged(learner: Learner, diagnostics: dict) -> typing.Optional[str]:
-    """What became NaN or infinite in the iteration just run, or None: the policy's action
-    probabilities on any rank (logits that overflowed; CategoricalActor.sample goes on
-    sampling so that a GPU does not abort), else a loss or a weight. One wait for a GPU."""
-    finite = torch.stack([torch.isfinite(learner.buffer.old_log_probs).all(),
-                          *(torch.isfinite(weight).all() for weight in learner.agent.parameters())])
-    ranks_finite = sum_over_ranks(finite.double()).tolist()  # of each check, on how many ranks it holds
-    if ranks_finite[0] < world_size():
-        return "the policy's probabilities became NaN or infinite"
-    losses = (diagnostics[name] for name in ("policy_loss", "value_loss", "entropy"))
-    if not all(math.isfinite(loss) for loss in losses) or min(ranks_finite) < world_size():
-        return "a loss or weight became NaN or infinite"
-    return None
-
-
 # ---------------------------------------------------------------------------------------
-# 15. Learning curves and --plot
+# 16. Learning curves and --plot
 # ---------------------------------------------------------------------------------------
-# The metrics log of section 14 drawn: learning-curve.png in each run folder, redrawn with
+# The metrics log of section 15 drawn: learning-curve.png in each run folder, redrawn with
 # its checkpoints (LearningCurve), and `--plot`, several runs in one picture of the same panels.
 
 
@@ -2538,7 +2468,7 @@ def plot_runs(run_dirs: list[str], output: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# 16. ppo(config): a run from start to stop
+# 17. ppo(config): a run from start to stop
 # ---------------------------------------------------------------------------------------
 
 
@@ -2609,7 +2539,7 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
     recent_returns: deque = deque(maxlen=config.return_window)  # the mean return logged is of these episodes
     try:
         if checkpoint:
-            recent_returns.extend(restore_learner(learner, checkpoint, resume, config, device))
+            recent_returns.extend(restore(checkpoint, resume, learner.agent, learner=learner, config=config, device=device))
         schedule_start = resumed_schedule_start(checkpoint, config) if checkpoint else (0, config.learning_rate)
     except BaseException:
         learner.envs.close()
@@ -2678,8 +2608,106 @@ class Progress:
                 "seconds_left": round(seconds_per_iteration * (self.last_iteration - iteration), 1)}
 
 
+# The pieces of the run loop above: its printing, its exceptions, its memory, its stop
+# signals and its divergence check.
+
+
+def say(text: str) -> None:
+    """Print a progress line (rank 0 alone speaks for all). A closed terminal or pipe
+    (`| head`, a hung-up ssh session) must not stop the run before it saves, so a failed
+    print is dropped."""
+    if not is_first_process():
+        return
+    try:
+        print(text, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+class TrainingDiverged(Exception):
+    """A loss or weight became NaN or infinite."""
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers, from glibc's malloc.h
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for the next allocation rather than give it
+    back to the operating system; return whether it was done (Linux with glibc only).
+
+    torch allocates CPU tensors with malloc, and an update allocates and frees the same
+    large tensors at every minibatch (256 Atari observations are 22 MB in float32, their
+    activations several MB). glibc's thresholds adapt to what is freed, and in this loop
+    they often hand such blocks back to the kernel, so the next one page-faults its memory
+    in again. Here blocks up to 32 MiB (the largest mmap threshold glibc accepts on 64 bits)
+    come from the heap, and up to 1 GiB of free heap is kept: the peak memory of one update
+    stays allocated. Measured on Pong: docs/pong-on-a-cpu.md, "Levers for a faster CPU run"."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)  # the C library this interpreter already runs on
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and libc.mallopt(M_TRIM_THRESHOLD, 2**30))
+
+
+# What torch.backends.cpu.get_cpu_capability() says on x86 CPUs without AVX-512.
+CPUS_WITHOUT_FAST_BFLOAT16 = ("NO AVX", "AVX2")
+
+
+def bfloat16_is_slow(device: torch.device) -> bool:
+    """Whether autocast's bfloat16 is known to run slower than float32 here: on a CPU whose
+    widest vector instructions are AVX2 the Pong preset trained 5.8x slower in bfloat16
+    (docs/pong-on-a-cpu.md, "Levers for a faster CPU run"). Unmeasured elsewhere."""
+    return device.type == "cpu" and torch.backends.cpu.get_cpu_capability() in CPUS_WITHOUT_FAST_BFLOAT16
+
+
+# Ctrl-C (SIGINT), `kill`, `timeout` and schedulers (SIGTERM), and a closed terminal (SIGHUP).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class StopSignals:
+    """The first stop signal asks the loop to save and stop after this iteration; a
+    second stops at once (the last periodic checkpoint stays). `received` holds the first
+    signal's number, so that the process can exit with 128 + that number. Under torchrun,
+    a terminal's Ctrl-C reaches each rank twice (from the terminal and from the launcher),
+    so a rank ignores signals after the first and leaves the hard stop to the launcher."""
+
+    def __init__(self):
+        self.received: typing.Optional[int] = None
+
+    def __enter__(self):
+        self.previous = {number: signal.signal(number, self.handle) for number in STOP_SIGNALS}
+        return self
+
+    def handle(self, number, frame):
+        if self.received is not None:
+            if world_size() > 1:  # torchrun passes a signal on to every rank, and kills those still running 30 s later
+                return
+            raise KeyboardInterrupt
+        self.received = number
+        say(f"\n{signal.Signals(number).name}: finishing this iteration, then saving a checkpoint "
+            "(send it again to quit without saving)")
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
+def what_diverged(learner: Learner, diagnostics: dict) -> typing.Optional[str]:
+    """What became NaN or infinite in the iteration just run, or None: the policy's action
+    probabilities on any rank (logits that overflowed; CategoricalActor.sample goes on
+    sampling so that a GPU does not abort), else a loss or a weight. One wait for a GPU."""
+    finite = torch.stack([torch.isfinite(learner.buffer.old_log_probs).all(),
+                          *(torch.isfinite(weight).all() for weight in learner.agent.parameters())])
+    ranks_finite = sum_over_ranks(finite.double()).tolist()  # of each check, on how many ranks it holds
+    if ranks_finite[0] < world_size():
+        return "the policy's probabilities became NaN or infinite"
+    losses = (diagnostics[name] for name in ("policy_loss", "value_loss", "entropy"))
+    if not all(math.isfinite(loss) for loss in losses) or min(ranks_finite) < world_size():
+        return "a loss or weight became NaN or infinite"
+    return None
+
+
 # ---------------------------------------------------------------------------------------
-# 17. Evaluation
+# 18. Evaluation
 # ---------------------------------------------------------------------------------------
 
 ATARI_SCREEN = (210, 160)  # height and width of every Atari 2600 game's screen
@@ -2891,7 +2919,7 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: typing.Optio
     checkpoint; normalization statistics are the saved ones and are not updated. `watch`
     shows them in a window, `record` writes them to a GIF file, and both show what
     `picture` draws; `max_episode_steps` ends each episode after that many steps. On the
-    CPU unless `device` says otherwise."""
+    CPU unless `device` says otherwise. Returns the mean and std of the episodes' returns."""
     if episodes <= 0:
         raise UserError(f"--episodes must be a positive integer, got {episodes}")
     if max_episode_steps is not None and max_episode_steps <= 0:
@@ -2901,83 +2929,98 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: typing.Optio
     checkpoint = load_checkpoint(path)
     config = checkpoint["config"]
     if watch:
-        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-            raise UserError("--watch needs a display, and none is set (DISPLAY is empty); use --eval to print scores "
-                            "or --eval with --record agent.gif to see them")
-        if importlib.util.find_spec("pygame") is None:
-            raise UserError("--watch needs pygame to draw the window: pip install pygame")
+        check_window()
     if device is None:
         note_missing_device(path, config.device)
     torch_device = resolve_device(device or "cpu")
     check_precision(torch_device, config.precision)
     single_spaces(config)  # the environment can be made here, and the networks take its spaces
-    shown_pictures = watch or record is not None
-    if shown_pictures and not is_atari(config.env_id):
-        check_draws_pictures(config.env_id)
-    if shown_pictures and is_mujoco(config.env_id) and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
-        os.environ["MUJOCO_GL"] = "egl"  # no display: MuJoCo draws off screen through EGL
-    if shown_pictures and not is_atari(config.env_id):  # one copy that draws its pictures
-        envs = gym.make_vec(config.env_id, num_envs=1, vectorization_mode="sync", render_mode="rgb_array",
-                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
-    else:
-        envs = make_environments(config, 1)
-    if shown_pictures and is_atari(config.env_id):
-        envs = ScreenBeside(envs, make_screen_environment(config))
+    envs = evaluation_environments(config, pictures=watch or record is not None)
     agent = build_actor_critic(envs.single_observation_space, envs.single_action_space, config)
     set_precision(agent, config.precision)
     agent.to(torch_device)
-    load_model_state(agent, checkpoint["model"], path)
+    normalizer = (ObservationNormalizer(envs.single_observation_space.shape, config.observation_clip)
+                  if config.normalize_observations else None)
+    try:
+        restore(checkpoint, path, agent, observation_normalizer=normalizer)
+    except UserError:
+        envs.close()
+        raise
     agent.eval()
-    normalizer = None
-    if config.normalize_observations:
-        normalizer = ObservationNormalizer(envs.single_observation_space.shape, config.observation_clip)
-        try:
-            load_statistics(normalizer.statistics, checkpoint["runner"]["observation_normalizer"])
-        except (KeyError, TypeError, AttributeError):
-            envs.close()
-            raise UserError(f"{path} has a damaged 'runner' entry (no observation statistics); use another checkpoint of the run") from None
-    continuous = isinstance(envs.single_action_space, gym.spaces.Box)
     # Pictures per second: Atari's frames per agent step, else what the environment says (or 30).
     fps = ATARI_FRAMES_PER_SECOND / config.frame_skip if is_atari(config.env_id) else envs.metadata.get("render_fps") or 30
     pictures: typing.Optional[list] = [] if record else None
-    returns: list[float] = []
     with quiet_pygame(window=watch), contextlib.ExitStack() as cleanup:
         cleanup.callback(envs.close)
         window = Window(f"ppo.py: {config.env_id}", fps) if watch else None
         if window:
             cleanup.callback(window.close)
-        raw, _ = envs.reset(seed=config.seed + 10_000)
-        try:
-            show_and_keep(envs, raw, window, pictures)
-        except Exception as error:  # MuJoCo without an OpenGL it can draw with
-            if not type(error).__module__.startswith("mujoco"):
-                raise
-            raise UserError(f"MuJoCo cannot draw here ({str(error).splitlines()[0]}); set MUJOCO_GL to egl or osmesa, "
-                            "whichever this machine has (MUJOCO_GL=egl python ppo.py ...)") from None
-        episode_return, episode_steps = 0.0, 0
-        while len(returns) < episodes:
-            observations = normalizer(raw) if normalizer else raw
-            with torch.inference_mode():
-                actions = deterministic_action(agent, observation_tensor(observations, torch_device)).cpu().numpy()
-            if continuous:
-                actions = np.clip(actions, envs.single_action_space.low, envs.single_action_space.high)
-            raw, reward, terminated, truncated, _ = envs.step(actions)
-            show_and_keep(envs, raw, window, pictures)
-            episode_return += float(reward[0])
-            episode_steps += 1
-            if terminated[0] or truncated[0] or episode_steps == max_episode_steps:
-                returns.append(episode_return)
-                episode_return, episode_steps = 0.0, 0
-                if len(returns) < episodes:
-                    raw, _ = envs.reset()
-                    show_and_keep(envs, raw, window, pictures)
+        returns = play(agent, normalizer, envs, episodes, max_episode_steps, config.seed + 10_000, window, pictures)
     if record:
         write_animation(record, pictures, fps)
     return float(np.mean(returns)), float(np.std(returns))
 
 
+def check_window() -> None:
+    """Raise UserError unless --watch can open a window here."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise UserError("--watch needs a display, and none is set (DISPLAY is empty); use --eval to print scores "
+                        "or --eval with --record agent.gif to see them")
+    if importlib.util.find_spec("pygame") is None:
+        raise UserError("--watch needs pygame to draw the window: pip install pygame")
+
+
+def evaluation_environments(config: Config, pictures: bool) -> gym.vector.VectorEnv:
+    """One copy of the environment to evaluate in; where pictures are shown, one that draws
+    them: an Atari game beside its screen copy, any other made with render_mode rgb_array."""
+    if not pictures:
+        return make_environments(config, 1)
+    if is_atari(config.env_id):
+        return ScreenBeside(make_environments(config, 1), make_screen_environment(config))
+    check_draws_pictures(config.env_id)
+    if is_mujoco(config.env_id) and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        os.environ["MUJOCO_GL"] = "egl"  # no display: MuJoCo draws off screen through EGL
+    return gym.make_vec(config.env_id, num_envs=1, vectorization_mode="sync", render_mode="rgb_array",
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
+
+
+def play(agent: ActorCritic, normalizer: typing.Optional[ObservationNormalizer], envs: gym.vector.VectorEnv, episodes: int,
+         max_episode_steps: typing.Optional[int], seed: int, window: typing.Optional[Window],
+         pictures: typing.Optional[list]) -> list[float]:
+    """The returns of `episodes` episodes of the agent's deterministic policy, each shown in
+    the window and kept in `pictures` where they are given."""
+    device = next(agent.parameters()).device
+    returns: list[float] = []
+    raw, _ = envs.reset(seed=seed)
+    try:
+        show_and_keep(envs, raw, window, pictures)
+    except Exception as error:  # MuJoCo without an OpenGL it can draw with
+        if not type(error).__module__.startswith("mujoco"):
+            raise
+        raise UserError(f"MuJoCo cannot draw here ({str(error).splitlines()[0]}); set MUJOCO_GL to egl or osmesa, "
+                        "whichever this machine has (MUJOCO_GL=egl python ppo.py ...)") from None
+    episode_return, episode_steps = 0.0, 0
+    while len(returns) < episodes:
+        observations = normalizer(raw) if normalizer else raw
+        with torch.inference_mode():
+            actions = deterministic_action(agent, observation_tensor(observations, device)).cpu().numpy()
+        if isinstance(envs.single_action_space, gym.spaces.Box):
+            actions = np.clip(actions, envs.single_action_space.low, envs.single_action_space.high)
+        raw, reward, terminated, truncated, _ = envs.step(actions)
+        show_and_keep(envs, raw, window, pictures)
+        episode_return += float(reward[0])
+        episode_steps += 1
+        if terminated[0] or truncated[0] or episode_steps == max_episode_steps:
+            returns.append(episode_return)
+            episode_return, episode_steps = 0.0, 0
+            if len(returns) < episodes:
+                raw, _ = envs.reset()
+                show_and_keep(envs, raw, window, pictures)
+    return returns
+
+
 # ---------------------------------------------------------------------------------------
-# 18. Command line
+# 19. Command line
 # ---------------------------------------------------------------------------------------
 
 def optional_float(text: str) -> typing.Optional[float]:

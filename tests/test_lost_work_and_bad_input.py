@@ -665,6 +665,10 @@ MALFORMED = [
     (lambda c: c["runner"].update(recent_returns=["a"]), "has a damaged 'runner' entry"),
     (lambda c: c["runner"]["environment"]["arrays"].update(state=torch.zeros(2, 2)), "has a damaged 'runner' entry"),
     (lambda c: c["rng"].update(torch=torch.zeros(3)), "has a damaged 'rng' entry"),
+    (lambda c: c.update(format=4), "is a checkpoint of format 4, written by a newer ppo.py; this one reads formats 2 and 3: "
+                                   "use the ppo.py that wrote it, or start a new run"),
+    (lambda c: c.update(format=1), "is a checkpoint of format 1, written by an older ppo.py"),
+    (lambda c: c.pop("format"), "is not a ppo.py checkpoint; use one written by ppo.py"),
 ]
 
 
@@ -783,7 +787,7 @@ def test_eval_of_a_checkpoint_without_its_observation_statistics_is_one_line(tmp
     torch.save(checkpoint, path)
     capsys.readouterr()
     assert ppo.main(["--eval", path]) == 2
-    one_error_line(capsys, "has a damaged 'runner' entry (no observation statistics)")
+    one_error_line(capsys, "has a damaged 'runner' entry (TypeError)")
 
 
 def test_a_metrics_file_that_is_not_ppos_is_refused_on_resume(tmp_path, capsys):
