@@ -2693,15 +2693,20 @@ class StopSignals:
 
 def what_diverged(learner: Learner, diagnostics: dict) -> typing.Optional[str]:
     """What became NaN or infinite in the iteration just run, or None: the policy's action
-    probabilities on any rank (logits that overflowed; CategoricalActor.sample goes on
-    sampling so that a GPU does not abort), else a loss or a weight. One wait for a GPU."""
-    finite = torch.stack([torch.isfinite(learner.buffer.old_log_probs).all(),
-                          *(torch.isfinite(weight).all() for weight in learner.agent.parameters())])
-    ranks_finite = sum_over_ranks(finite.double()).tolist()  # of each check, on how many ranks it holds
-    if ranks_finite[0] < world_size():
-        return "the policy's probabilities became NaN or infinite"
+    probabilities (logits that overflowed; CategoricalActor.sample goes on sampling so that a
+    GPU does not abort), naming the ranks where they did under torchrun, else a loss or a
+    weight. Every rank gets the same answer, in one wait for a GPU."""
+    old_log_probs = learner.buffer.old_log_probs
+    flags = torch.zeros(world_size() + 1, dtype=torch.float64, device=old_log_probs.device)
+    flags[rank()] = (~torch.isfinite(old_log_probs)).any().double()  # (W + 1,): this rank's probabilities,
+    flags[-1] = torch.stack([torch.isfinite(weight).all() for weight in learner.agent.parameters()]).all().double()  # weights
+    flags = sum_over_ranks(flags).tolist()
+    ranks = [index for index, flag in enumerate(flags[:-1]) if flag > 0]
+    if ranks:
+        where = f" on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}" if world_size() > 1 else ""
+        return f"the policy's probabilities became NaN or infinite{where}"
     losses = (diagnostics[name] for name in ("policy_loss", "value_loss", "entropy"))
-    if not all(math.isfinite(loss) for loss in losses) or min(ranks_finite) < world_size():
+    if not all(math.isfinite(loss) for loss in losses) or flags[-1] < world_size():
         return "a loss or weight became NaN or infinite"
     return None
 

@@ -379,8 +379,8 @@ def test_a_damaged_runner_state_of_rank_1_is_said_in_one_line_and_every_rank_exi
 
 
 def test_a_policy_that_diverges_on_one_rank_ends_the_job_in_that_ranks_one_line(tmp_path):
-    """Rank 1 stops alone and says why; rank 0, waiting for it in a collective, ends without
-    a traceback of gloo's lost connection."""
+    """Rank 1's probabilities become NaN: after that iteration every rank stops with one line,
+    said once, naming rank 1; no rank waits in a collective or prints a traceback."""
     patch = """
         import torch
         original_update = ppo.update
