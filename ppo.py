@@ -1001,11 +1001,12 @@ def mean_over_ranks(value: torch.Tensor) -> float:
 def over_all_ranks(diagnostics: dict) -> dict:
     """One iteration's figures of all ranks, from each rank's own (`ppo_iteration`): the
     environment steps summed, the returns of the finished episodes joined in rank order,
-    and the update's means and the explained variance averaged over ranks (each rank's is
-    over its own part of the batch). In one process, the figures themselves."""
+    and every other figure averaged over ranks (the update's means and the explained
+    variance are over each rank's part of the batch; beta is every rank's alike). In one
+    process, the figures themselves."""
     if world_size() == 1:
         return diagnostics
-    means = (*UPDATE_DIAGNOSTICS, "explained_variance")
+    means = [name for name in diagnostics if name not in ("environment_steps", "episode_returns")]
     totals = sum_over_ranks(torch.tensor([diagnostics["environment_steps"], *(diagnostics[name] for name in means)],
                                          dtype=torch.float64))
     return {**diagnostics, "environment_steps": int(totals[0].item()), "episode_returns": gathered(diagnostics["episode_returns"]),
@@ -2135,18 +2136,19 @@ class MetricsLog:
             self.tensorboard = SummaryWriter(run_dir)
 
     def write(self, row: dict, num_iterations: int) -> None:
-        self.writer.writerow({name: row[name] for name in METRIC_COLUMNS})
+        columns = {name: row.get(name, "") for name in METRIC_COLUMNS}  # kl_coef is empty under the clip objective
+        self.writer.writerow(columns)
         self.file.flush()
         if self.tensorboard:
             for name in METRIC_COLUMNS[2:]:
-                if row[name] != "":  # kl_coef is empty under the clip objective
-                    self.tensorboard.add_scalar(name, row[name], row["global_step"])
+                if columns[name] != "":
+                    self.tensorboard.add_scalar(name, columns[name], row["global_step"])
         say(f"iter {row['iteration']:>4}/{num_iterations} | step {row['global_step']:>9,} | "
             f"{clock(row['wall_seconds'])}<{clock(row['seconds_left'])} | "
             f"{row['steps_per_second']:>6,.0f} sps | return {row['mean_return']:8.2f} ({row['episodes']} ep) | "
             f"policy {row['policy_loss']:+.4f} value {row['value_loss']:.4f} entropy {row['entropy']:.3f} "
             f"kl {row['approx_kl']:.4f} clip {row['clip_fraction']:.3f} ev {row['explained_variance']:+.2f}"
-            + (f" beta {row['kl_coef']:.3g}" if row["kl_coef"] != "" else ""))
+            + (f" beta {row['kl_coef']:.3g}" if "kl_coef" in row else ""))
 
     def close(self) -> None:
         self.file.close()
@@ -2565,7 +2567,7 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
                 problem = what_diverged(learner, diagnostics)
                 if problem:
                     raise folder.divergence_error(iterations_done, problem)
-                metrics = {"iteration": iterations_done, "learning_rate": learning_rate, "kl_coef": "", **diagnostics,
+                metrics = {"iteration": iterations_done, "learning_rate": learning_rate, **diagnostics,
                            "mean_return": float(np.mean(recent_returns)) if recent_returns else float("nan"),
                            "episodes": len(recent_returns), **progress.at(iterations_done, global_step)}
                 on_rank_0(folder.write_metrics, metrics)
