@@ -892,7 +892,8 @@ def atari_game_settings(config: Config) -> dict:
 
 
 class RunningMeanStd:
-    """Mean and variance of a stream of batches, merged exactly (Chan et al. 1979)."""
+    """Mean and variance of a stream of batches, merged exactly (Chan et al. 1979). Under
+    torchrun a batch is all ranks' batches joined, so that every rank holds the same statistics."""
 
     def __init__(self, shape: tuple[int, ...] = ()):
         self.mean = np.zeros(shape, dtype=np.float64)
@@ -900,9 +901,18 @@ class RunningMeanStd:
         self.count = 0
 
     def update(self, batch: np.ndarray) -> None:
-        batch_mean, batch_var, batch_count = batch_moments(batch)  # in float64; all ranks' batches joined under torchrun (section 11)
+        # The batch's moments in float64 whatever its dtype, in two passes as numpy's var
+        # computes them: the mean, then the squared deviations from it (equal values give
+        # exactly 0, which a sum of squares minus a squared sum need not), each summed over ranks.
+        values = torch.from_numpy(np.asarray(batch, dtype=np.float64))  # (B, *shape)
+        count_and_sum = sum_over_ranks(torch.cat((torch.tensor([float(values.shape[0])], dtype=torch.float64),
+                                                  values.sum(dim=0).reshape(-1))))  # (1 + size of one value,)
+        batch_count = int(count_and_sum[0].item())
         if batch_count == 0:  # e.g. every environment is on its autoreset step
             return
+        batch_mean = (count_and_sum[1:] / batch_count).reshape(values.shape[1:])
+        squares = sum_over_ranks((values - batch_mean).square().sum(dim=0))
+        batch_mean, batch_var = batch_mean.numpy(), (squares / batch_count).numpy()
         total = self.count + batch_count
         new_share, old_share = batch_count / total, self.count / total  # the weights of the two parts
         delta = batch_mean - self.mean
@@ -912,13 +922,11 @@ class RunningMeanStd:
 
 
 class ObservationNormalizer:
-    """obs -> clip((obs - mean) / std, -c, c), with mean and std measured as training runs
-    (before the first rollout: 0 and 1). They are those of every observation a step of the
-    rollouts so far returned: after an episode ends, the reset observation of the next
-    (returned by the autoreset step), but not the observations reset() gives at the start of
-    a run. Each observation counts once, when a step returns it, so a resumed run, which
-    starts from its saved observation (already counted) or a fresh reset, learns from the
-    very observations the uninterrupted run would."""
+    """obs -> clip((obs - mean) / std, -c, c), with mean and std (0 and 1 at first) those of
+    every observation a step has returned, an autoreset step's reset observation included,
+    but not those reset() gives at the start of a run. Each counts once, when a step returns
+    it, so a resumed run, which starts from its saved observation (already counted) or a fresh
+    reset, learns from the very observations the uninterrupted run would."""
 
     def __init__(self, shape: tuple[int, ...], clip: float):
         self.statistics, self.clip = RunningMeanStd(shape), clip
@@ -929,19 +937,16 @@ class ObservationNormalizer:
 
 
 class RewardScaler:
-    """r -> r / std(G), where G is each environment's running discounted return.
-
+    """r_t -> r_t / std(G), where G_t = gamma G_{t-1} + r_t is each environment's running discounted
+    return within an episode, and std(G) is over every rollout so far, the current one included.
     Scaling (not centering) keeps the sign of every reward; it gives the value function
-    targets of a similar size in every environment (Engstrom et al. 2020, "reward scaling").
-    """
+    targets of a similar size in every environment (Engstrom et al. 2020, "reward scaling")."""
 
     def __init__(self, num_envs: int, gamma: float):
         self.statistics, self.gamma = RunningMeanStd(), gamma
         self.discounted_returns = np.zeros(num_envs)  # (N,): G of each environment's current episode
 
-    def __call__(self, rewards: np.ndarray, episode_ended: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """A rollout's rewards (T, N), each divided by the std of G over the rollouts so far,
-        this one included; G_t = gamma G_{t-1} + r_t within an episode."""
+    def __call__(self, rewards: np.ndarray, episode_ended: np.ndarray, valid: np.ndarray) -> np.ndarray:  # (T, N)
         returns = np.zeros(rewards.shape)  # (T, N): G_t
         for t in range(rewards.shape[0]):
             self.discounted_returns = self.discounted_returns * self.gamma + rewards[t]
@@ -959,10 +964,9 @@ class RewardScaler:
 # every rank rank 0's weights at the start and averages the gradients over ranks at every
 # backward pass; the --target-kl early stop and the KL penalty's beta use the mean KL of all
 # ranks (`mean_over_ranks`, Part I's Learner.mean_over_processes); the normalizers merge every
-# rank's statistics; and `run` joins each iteration's figures (`over_all_ranks`): steps,
-# episodes, diagnostics. docs/distributed.md says how this differs from one process with
-# the same total batch. In one process each function here does what that process would do
-# without ranks, so it runs exactly the code it would run without them.
+# rank's statistics; and `run` joins each iteration's figures (`over_all_ranks`).
+# docs/distributed.md says how this differs from one process with the same total batch. In
+# one process each function here runs exactly the code it would run without ranks.
 
 
 def world_size() -> int:
@@ -974,12 +978,11 @@ def rank() -> int:
 
 
 def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    """The elementwise sum of `tensor` over all ranks (every rank gets the same result)."""
-    if world_size() == 1:
-        return tensor
-    total = tensor.clone()
-    dist.all_reduce(total)
-    return total
+    """The elementwise sum of `tensor` over all ranks, on every rank."""
+    if world_size() > 1:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+    return tensor
 
 
 def gathered(items: list) -> list:
@@ -992,49 +995,28 @@ def gathered(items: list) -> list:
 
 
 def mean_over_ranks(value: torch.Tensor) -> float:
-    """The mean over ranks of a one-number tensor, on every rank; in one process, its value."""
-    if world_size() == 1:
-        return value.item()
-    return sum_over_ranks(value.double()).item() / world_size()
+    """The mean over ranks of a one-number tensor, on every rank."""
+    return value.item() if world_size() == 1 else sum_over_ranks(value.double()).item() / world_size()
 
 
 def over_all_ranks(diagnostics: dict) -> dict:
-    """One iteration's figures of all ranks, from each rank's own (`ppo_iteration`): the
-    environment steps summed, the returns of the finished episodes joined in rank order,
-    and every other figure averaged over ranks (the update's means and the explained
-    variance are over each rank's part of the batch; beta is every rank's alike). In one
-    process, the figures themselves."""
+    """One iteration's figures (`ppo_iteration`) of all ranks: the environment steps summed,
+    the finished episodes' returns joined in rank order, and every other figure averaged (the
+    update's means and the explained variance are over each rank's part of the batch)."""
     if world_size() == 1:
         return diagnostics
     means = [name for name in diagnostics if name not in ("environment_steps", "episode_returns")]
     totals = sum_over_ranks(torch.tensor([diagnostics["environment_steps"], *(diagnostics[name] for name in means)],
                                          dtype=torch.float64))
-    return {**diagnostics, "environment_steps": int(totals[0].item()), "episode_returns": gathered(diagnostics["episode_returns"]),
+    return {**diagnostics, "environment_steps": int(totals[0].item()),
+            "episode_returns": gathered(diagnostics["episode_returns"]),
             **{name: total / world_size() for name, total in zip(means, totals[1:].tolist())}}
 
 
-def batch_moments(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Mean, variance and size of a normalizer's batch (B, *shape) in float64, whatever the
-    batch's dtype; under torchrun, of all ranks' batches joined, so that every rank's
-    normalizer holds the same statistics. In two passes, as numpy's var computes it: the
-    mean, then the squared deviations from it (so that equal values give exactly 0, which a
-    sum of squares minus a squared sum need not), each summed over ranks."""
-    values = torch.from_numpy(np.asarray(batch, dtype=np.float64))
-    count_and_sum = sum_over_ranks(torch.cat((torch.tensor([float(values.shape[0])], dtype=torch.float64),
-                                              values.sum(dim=0).reshape(-1))))  # (1 + size of one value,)
-    count = int(count_and_sum[0].item())
-    if count == 0:
-        return None, None, 0
-    mean = (count_and_sum[1:] / count).reshape(values.shape[1:])
-    squares = sum_over_ranks((values - mean).square().sum(dim=0).reshape(-1)).reshape(values.shape[1:])
-    return mean.numpy(), (squares / count).numpy(), count
-
-
 def environment_seed(config: Config, num_envs: int) -> int:
-    """The reset seed of this rank's N_r = N / K environments: seed + r N_r. Environments
-    seeded one by one (the i-th with seed + i) are then those one process of N would step;
-    a numpy-vectorized one (CartPole) draws all its copies from one generator, seeded
-    differently on each rank."""
+    """The reset seed of this rank's N_r = N / W environments, seed + r N_r: environments seeded
+    one by one (the i-th with seed + i) are then those one process of N would step; a
+    numpy-vectorized one (CartPole) draws all its copies from one generator, seeded per rank."""
     return config.seed + rank() * num_envs
 
 
@@ -1062,7 +1044,7 @@ def join_ranks(learner: Learner, seed: int, device: torch.device) -> None:
     """Under torchrun: the agent in DistributedDataParallel, which copies rank 0's weights to
     every rank (the same seed makes them equal already; this makes it so whatever each
     machine's random number generator does); then each rank draws samples of its own:
-    seeds above 2**32 are no other run's. In one process, nothing."""
+    seeds above 2**32 are no other run's."""
     if world_size() == 1:
         return
     # The networks have no buffers, so DDP's default buffer sync does nothing (and its
@@ -1073,8 +1055,9 @@ def join_ranks(learner: Learner, seed: int, device: torch.device) -> None:
 
 
 def started_by_torchrun() -> bool:
-    """Whether torchrun started this process as one of W > 1 (it sets WORLD_SIZE, RANK,
-    LOCAL_RANK and the rendezvous address)."""
+    """Whether torchrun started this process as one of W > 1. Unlike world_size() and rank(),
+    this and is_first_process read what torchrun sets (WORLD_SIZE, RANK, LOCAL_RANK), which
+    holds before the process group is joined and after it is left."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -1093,11 +1076,13 @@ def process_group(device: torch.device):
         return
     if device.type == "cuda":
         if device.index is not None:
-            raise UserError(f"--device {device}: under torchrun each process uses GPU LOCAL_RANK of its machine; give --device cuda")
+            raise UserError(f"--device {device}: under torchrun each process uses GPU LOCAL_RANK of its machine; "
+                            "give --device cuda")
         processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
-        if processes_here > torch.cuda.device_count():  # every rank sees the same numbers, so every rank stops alike
-            raise UserError(f"torchrun started {processes_here} processes on this machine, which has {torch.cuda.device_count()} "
-                            f"GPUs: one GPU each is needed; give --nproc-per-node {torch.cuda.device_count()} or fewer")
+        gpus = torch.cuda.device_count()
+        if processes_here > gpus:  # every rank sees the same numbers, so every rank stops alike
+            raise UserError(f"torchrun started {processes_here} processes on this machine, which has {gpus} "
+                            f"GPUs: one GPU each is needed; give --nproc-per-node {gpus} or fewer")
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     try:  # gloo moves CPU tensors (and the normalizers' statistics under CUDA), NCCL GPU tensors
@@ -1119,41 +1104,25 @@ def check_split(config: Config) -> None:
         raise UserError(f"--num-envs {config.num_envs} (the environments of all processes) does not split evenly "
                         f"over {processes} processes; use a multiple of {processes}")
     if config.minibatch_size // processes < 8:
-        raise UserError(f"minibatches of {config.minibatch_size} steps leave fewer than 8 to each of {processes} processes; "
-                        "use fewer --num-minibatches or more --num-envs or --num-steps")
+        raise UserError(f"minibatches of {config.minibatch_size} steps leave fewer than 8 to each of {processes} "
+                        "processes; use fewer --num-minibatches or more --num-envs or --num-steps")
+
+
+# An error met by one rank stops every rank, said once: a rank that stopped alone would
+# leave the others waiting for it in their next collective until torchrun ends them.
 
 
 class StoppedOnAnotherRank(Exception):
-    """Another rank stopped on an error that it reports itself: this rank ends quietly."""
-
-
-def is_reported(error: BaseException) -> bool:
-    """Whether `main` shows this error in one line; any other is a fault, with its traceback."""
-    return isinstance(error, (UserError, RunFolderUnwritable, TrainingDiverged))
-
-
-def on_rank_0(function: typing.Callable, *arguments):
-    """Call function on rank 0 alone, and return its result there (None elsewhere). Whatever
-    it raises is raised on every rank (`raise_on_every_rank`), so no rank is left waiting
-    for one that stopped."""
-    if world_size() == 1:
-        return function(*arguments)
-    result, error = None, None
-    if rank() == 0:
-        try:
-            result = function(*arguments)
-        except BaseException as found:
-            error = found
-    raise_on_every_rank(error, source=0)
-    return result
+    """Another rank stopped on a fault, whose traceback it prints: this rank ends quietly."""
 
 
 @contextlib.contextmanager
 def checked_on_every_rank():
-    """Checks whose outcome may differ between ranks (each rank's own GPU, its own runner
-    state in a checkpoint, its own read of a file): once every rank has run them, every
-    rank learns whether one failed, and all stop with that error (`raise_on_every_rank`).
-    In one process, the checks alone."""
+    """Checks whose outcome may differ between ranks (each rank's own GPU, its runner state in a
+    checkpoint, its read of a file), after which every rank stops if one failed: the first rank
+    that failed raises its error and says it (`speaks_for`); the others raise a copy, which they
+    do not print, or, for a fault (an error that `main` does not show in one line),
+    StoppedOnAnotherRank. In one process, the checks alone."""
     if world_size() == 1:
         yield
         return
@@ -1162,41 +1131,28 @@ def checked_on_every_rank():
         yield
     except BaseException as found:
         error = found
-    raise_on_every_rank(error)
-
-
-def raise_on_every_rank(error: typing.Optional[BaseException], source: typing.Optional[int] = None) -> None:
-    """Under torchrun, called by every rank with the error it met (or None): if any rank
-    met one, every rank raises. The first rank that met one raises its own error and is the
-    one that reports it (`speaks_for`); the others raise a copy of it, which they do not
-    print, or StoppedOnAnotherRank where it is a fault whose traceback that rank prints.
-    source: the one rank that can meet an error (a broadcast suffices)."""
-    shared = None if error is None else (rank(), error if is_reported(error) else None)
-    if source is None:
-        found = [None] * world_size()
-        dist.all_gather_object(found, shared)
-    else:
-        found = [shared]
-        dist.broadcast_object_list(found, src=source)
-    first = next((item for item in found if item is not None), None)
-    if first is None:
+    shown_in_one_line = isinstance(error, (UserError, RunFolderUnwritable, TrainingDiverged))
+    errors = [None] * world_size()  # each rank's (rank, error shown in one line, or None for a fault), or None
+    dist.all_gather_object(errors, None if error is None else (rank(), error if shown_in_one_line else None))
+    finder, shared = next((item for item in errors if item is not None), (None, None))
+    if finder is None:
         return
-    finder, reported = first
-    if finder == rank():
-        error.said_by_rank = finder
-        raise error
-    if reported is None:
-        raise StoppedOnAnotherRank(f"rank {finder} stopped")
-    reported.said_by_rank = finder
-    raise reported
+    if finder != rank():
+        error = StoppedOnAnotherRank(f"rank {finder} stopped") if shared is None else shared
+    error.said_by_rank = finder
+    raise error
 
 
-def lost_another_rank(error: BaseException) -> bool:
-    """Whether a collective failed because another rank's process ended while this one
-    waited for it (gloo reports the closed connection as a RuntimeError): the rank that
-    stopped alone (a fault) printed its traceback, and torchrun's report names it, so this
-    rank ends without one."""
-    return started_by_torchrun() and isinstance(error, RuntimeError) and "gloo" in str(error) and "by peer" in str(error)
+def on_rank_0(function: typing.Callable, *arguments):
+    """Call function on rank 0 alone, and return its result there (None elsewhere); whatever
+    it raises is raised on every rank (`checked_on_every_rank`)."""
+    with checked_on_every_rank():
+        return function(*arguments) if rank() == 0 else None
+
+
+def from_rank_0(value):
+    """Rank 0's value, on every rank."""
+    return gathered([value])[0]
 
 
 def speaks_for(error: BaseException) -> bool:
@@ -1205,13 +1161,12 @@ def speaks_for(error: BaseException) -> bool:
     return int(os.environ.get("RANK", "0")) == getattr(error, "said_by_rank", 0)
 
 
-def from_rank_0(value):
-    """Rank 0's value, on every rank."""
-    if world_size() == 1:
-        return value
-    values = [value]
-    dist.broadcast_object_list(values, src=0)
-    return values[0]
+def lost_another_rank(error: BaseException) -> bool:
+    """Whether a collective failed (gloo's RuntimeError of a closed connection) because another
+    rank's process ended while this one waited: that rank printed its traceback and torchrun's
+    report names it, so this rank ends without one."""
+    return (started_by_torchrun() and isinstance(error, RuntimeError)
+            and "gloo" in str(error) and "by peer" in str(error))
 
 
 # ---------------------------------------------------------------------------------------
@@ -1243,7 +1198,8 @@ def check_config(config: Config) -> None:
                         f"{config.num_minibatches} minibatches of at least 8 steps; choose fewer --num-minibatches "
                         f"(a divisor of {config.rollout_size}) or more --num-envs or --num-steps")
     if config.total_steps < config.rollout_size:
-        raise UserError(f"--total-steps {config.total_steps} is less than one batch ({config.rollout_size} steps); raise it")
+        raise UserError(f"--total-steps {config.total_steps} is less than one batch ({config.rollout_size} steps); "
+                        "raise it")
     if config.learning_rate > 1:  # Adam moves each weight by about the learning rate per step
         raise UserError(f"--learning-rate must be at most 1 (typically 1e-4 to 3e-3), got {config.learning_rate}")
     if not config.hidden_sizes or min(config.hidden_sizes) <= 0:
@@ -1256,12 +1212,12 @@ def flag_name(field_name: str) -> str:
 
 def is_within(value: float, within: str) -> bool:
     """Whether value lies in an option's range: an interval "(0, 1]", "[-10, 2]", or "> 0", ">= 0"."""
-    interval = re.fullmatch(r"([\[(])(\S+), (\S+)([\])])", within)
-    if not interval:
-        bound = float(within.split()[-1])
-        return value > bound if within.startswith("> ") else value >= bound
-    opening, low, high, closing = interval[1], float(interval[2]), float(interval[3]), interval[4]
-    return (low < value if opening == "(" else low <= value) and (value < high if closing == ")" else value <= high)
+    opening, closing = within[0], within[-1]
+    if opening in "([":
+        low, high = map(float, within[1:-1].split(", "))
+        return (low < value if opening == "(" else low <= value) and (value < high if closing == ")" else value <= high)
+    bound = float(within.split()[-1])
+    return value > bound if within.startswith("> ") else value >= bound
 
 
 def range_name(within: str, hint) -> str:
@@ -1281,13 +1237,11 @@ def is_of_type(value, hint) -> bool:
         return value in arguments
     if origin is tuple:
         return isinstance(value, tuple) and all(is_of_type(item, arguments[0]) for item in value)
-    if hint is type(None):
-        return value is None
+    if isinstance(value, bool) and hint in (int, float):
+        return False
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, hint)  # type(None) takes None alone
 
 
 def type_name(hint) -> str:
@@ -1316,9 +1270,8 @@ def is_mujoco(env_id: str) -> bool:
 
 
 def check_environment(env_id: str) -> None:
-    """Raise UserError if env_id cannot be made here: unknown, or its package is missing.
-    module:EnvId names an environment that a module registers (`import_environment_module`)."""
-    if ":" in env_id:
+    """Raise UserError if env_id cannot be made here: unknown, or its package is missing."""
+    if ":" in env_id:  # module:EnvId, an environment that a module registers
         import_environment_module(env_id)
         return
     ale_py_installed = importlib.util.find_spec("ale_py") is not None
@@ -1328,11 +1281,13 @@ def check_environment(env_id: str) -> None:
         import ale_py
         gym.register_envs(ale_py)  # the ALE/ ids, and the old gym API's Atari ids
     # gym's old Atari ids: ale-py registers them for old code; without it, they are known by their form
-    unregistered_old_id = not ale_py_installed and env_id not in gym.registry and re.fullmatch(r"\w+(NoFrameskip-v[04]|-v4)", env_id)
+    unregistered_old_id = (not ale_py_installed and env_id not in gym.registry
+                           and re.fullmatch(r"\w+(NoFrameskip-v[04]|-v4)", env_id))
     if is_old_atari(env_id) or unregistered_old_id:
         game = re.split(r"NoFrameskip|-v", env_id)[0]
-        raise UserError(f"{env_id} is an Atari id of the old gym API, which ppo.py does not take; use --env ALE/{game}-v5 "
-                        "(ppo.py sets frame skip and sticky actions itself)" + (" or the preset --env Pong" if game == "Pong" else ""))
+        preset = " or the preset --env Pong" if game == "Pong" else ""
+        raise UserError(f"{env_id} is an Atari id of the old gym API, which ppo.py does not take; "
+                        f"use --env ALE/{game}-v5 (ppo.py sets frame skip and sticky actions itself){preset}")
     if env_id not in gym.registry:
         known = list(PRESETS) + [known_id for known_id in gym.registry if not is_old_atari(known_id)]
         close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.5)
@@ -1340,12 +1295,14 @@ def check_environment(env_id: str) -> None:
         raise UserError(f"unknown environment {env_id!r}: {hint}")
     if is_mujoco(env_id):
         if not all(importlib.util.find_spec(name) for name in ("mujoco", "imageio")):
-            raise UserError(f"{env_id} needs the MuJoCo physics engine: pip install 'gymnasium[mujoco]>=1.1' (in requirements.txt)")
+            raise UserError(f"{env_id} needs the MuJoCo physics engine: pip install 'gymnasium[mujoco]>=1.1' "
+                            "(in requirements.txt)")
         try:
             import mujoco  # it loads the OpenGL that MUJOCO_GL names
         except Exception as error:
-            raise UserError(f"MuJoCo does not start with MUJOCO_GL={os.environ.get('MUJOCO_GL')} ({type(error).__name__}: {error}); "
-                            "unset MUJOCO_GL, or set it to egl or osmesa, whichever this machine has") from None
+            raise UserError(f"MuJoCo does not start with MUJOCO_GL={os.environ.get('MUJOCO_GL')} "
+                            f"({type(error).__name__}: {error}); unset MUJOCO_GL, or set it to egl or osmesa, "
+                            "whichever this machine has") from None
         # Its warnings (HalfCheetah's model uses a deprecated attribute) as Python warnings, rather
         # than into a MUJOCO_LOG.TXT in the working directory, a folder that is not the run's.
         mujoco.set_mju_user_warning(lambda text: warnings.warn(f"MuJoCo: {text}"))
@@ -1354,13 +1311,13 @@ def check_environment(env_id: str) -> None:
 def import_environment_module(env_id: str) -> None:
     """Import the module of an id module:EnvId, as gymnasium.make does, so that it registers
     EnvId; also from the working directory, where `python -m` would find it (`python ppo.py`
-    puts only ppo.py's folder on the path). module:EnvId itself then names EnvId's spec in
-    gymnasium's registry, for the calls that look an id up there (gymnasium.spec) rather
-    than import its module. A saved config keeps module:EnvId, so --resume and --eval
-    import the module again."""
+    puts only ppo.py's folder on the path). module:EnvId then names EnvId's spec too, for the
+    calls that look an id up in gymnasium's registry (gymnasium.spec); a saved config keeps
+    module:EnvId, so --resume and --eval import the module again."""
     module, _, name = env_id.partition(":")
     if not module or not name or ":" in name:
-        raise UserError(f"--env {env_id!r}: give a gymnasium id, or module:EnvId for an environment that module registers")
+        raise UserError(f"--env {env_id!r}: give a gymnasium id, or module:EnvId for an environment that "
+                        "module registers")
     with contextlib.suppress(OSError):  # a working directory that was removed
         if os.getcwd() not in sys.path:
             sys.path.append(os.getcwd())
@@ -1442,30 +1399,21 @@ def memory_needed(config: Config, observation_space: gym.Space, action_space: gy
     return buffer + 4 * 4 * weights + activations + environments
 
 
-def available_memory(device: torch.device) -> typing.Optional[int]:
-    """Bytes of memory available now, or None where it is unknown: the GPU's free memory
-    for a CUDA device (the buffer and networks live there), else the host's MemAvailable."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as file:
-            for line in file:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def check_memory(config: Config, device: torch.device) -> None:
-    """Refuse, before allocating, a configuration that cannot fit in memory."""
-    needed = memory_needed(config, *single_spaces(config))
-    available = available_memory(device)
+    """Refuse, before allocating, a configuration that cannot fit in the memory available now:
+    the GPU's free memory for a CUDA device (the buffer and networks live there), else the
+    host's MemAvailable (where it is unknown, nothing is refused)."""
+    needed, available = memory_needed(config, *single_spaces(config)), None
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+    else:
+        with contextlib.suppress(OSError), open("/proc/meminfo") as file:
+            available = next((int(line.split()[1]) * 1024 for line in file if line.startswith("MemAvailable:")), None)
     if available is not None and needed > available:
-        raise UserError(f"this configuration needs about {needed / 2**30:,.1f} GiB of {device.type} memory (rollout buffer of "
-                        f"{config.num_envs:,} environments x {config.num_steps:,} steps, networks of widths "
-                        f"{shown(config.hidden_sizes)}), more than the {available / 2**30:,.1f} GiB available; "
-                        "lower --num-envs, --num-steps or --hidden-sizes")
+        raise UserError(f"this configuration needs about {needed / 2**30:,.1f} GiB of {device.type} memory "
+                        f"(rollout buffer of {config.num_envs:,} environments x {config.num_steps:,} steps, networks "
+                        f"of widths {shown(config.hidden_sizes)}), more than the {available / 2**30:,.1f} GiB "
+                        "available; lower --num-envs, --num-steps or --hidden-sizes")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -1474,29 +1422,26 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r} is not supported; use cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices; use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name!r} is not supported; use cpu or cuda")
+        raise UserError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices; "
+                        f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
-def device_is_here(name: str) -> bool:
-    """Whether this machine has the device a checkpoint was trained on."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        return True  # not a device at all: resolve_device refuses it in one line
-    return device.type != "cuda" or (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count())
-
-
 def note_missing_device(path: str, trained_on: str) -> bool:
-    """Say so, and return True, where this machine lacks the device a checkpoint was trained on."""
-    if device_is_here(trained_on):
+    """Say so, and return True, where this machine lacks the GPU a checkpoint was trained on."""
+    try:
+        device = torch.device(trained_on)
+    except RuntimeError:
+        return False  # not a device at all: resolve_device refuses it in one line
+    if device.type != "cuda" or (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
         return False
-    say(f"note: {path} was trained on {trained_on}, which this machine does not have; running on the CPU (--device chooses)")
+    say(f"note: {path} was trained on {trained_on}, which this machine does not have; "
+        "running on the CPU (--device chooses)")
     return True
 
 
@@ -1506,8 +1451,8 @@ def check_precision(device: torch.device, precision: str) -> None:
     torch.cuda.is_bf16_supported() also says True where bfloat16 is only emulated (V100, T4)."""
     if precision == "bfloat16" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
         capability = ".".join(map(str, torch.cuda.get_device_capability(device)))
-        raise UserError(f"--precision bfloat16: {torch.cuda.get_device_name(device)} (compute capability {capability}) has no "
-                        "bfloat16 arithmetic, which needs 8.0 (Ampere) or newer; use --precision float32")
+        raise UserError(f"--precision bfloat16: {torch.cuda.get_device_name(device)} (compute capability {capability}) "
+                        "has no bfloat16 arithmetic, which needs 8.0 (Ampere) or newer; use --precision float32")
 
 
 # ---------------------------------------------------------------------------------------
