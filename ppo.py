@@ -1473,13 +1473,6 @@ def environment_state(envs: gym.vector.VectorEnv) -> typing.Optional[dict]:
     return {"arrays": arrays, "rng": unwrapped.np_random.bit_generator.state}
 
 
-def restore_environment_state(envs: gym.vector.VectorEnv, state: dict) -> None:
-    unwrapped = envs.unwrapped
-    for name, value in state["arrays"].items():
-        setattr(unwrapped, name, value.numpy().copy())
-    unwrapped.np_random.bit_generator.state = state["rng"]
-
-
 def statistics_state(statistics: RunningMeanStd) -> dict:
     return {"mean": torch.tensor(statistics.mean), "var": torch.tensor(statistics.var), "count": statistics.count}
 
@@ -1517,12 +1510,14 @@ def restore_runner(runner: Runner, state: dict, reset_seed: int) -> None:
     if runner.reward_scaler:
         load_statistics(runner.reward_scaler.statistics, state["reward_scaler"]["statistics"])
         runner.reward_scaler.discounted_returns = state["reward_scaler"]["discounted_returns"].numpy().copy()
-    if state["environment"] is not None and environment_state(runner.envs) is not None:
-        current = environment_state(runner.envs)["arrays"]
-        if {name: tuple(array.shape) for name, array in state["environment"]["arrays"].items()} != {
-                name: tuple(array.shape) for name, array in current.items()}:
+    current, saved = environment_state(runner.envs), state["environment"]
+    if saved is not None and current is not None:
+        if {name: array.shape for name, array in saved["arrays"].items()} != {
+                name: array.shape for name, array in current["arrays"].items()}:
             raise ValueError("environment arrays of other shapes")
-        restore_environment_state(runner.envs, state["environment"])
+        for name, array in saved["arrays"].items():
+            setattr(runner.envs.unwrapped, name, array.numpy().copy())
+        runner.envs.unwrapped.np_random.bit_generator.state = saved["rng"]
         runner.raw_observations = state["raw_observations"].numpy().copy()
         runner.returns_so_far = state["episode_returns"].numpy().copy()
         runner.autoreset = state["autoreset"].numpy().copy()
@@ -1555,8 +1550,8 @@ def checkpoint_state(learner: Learner, config: Config, iteration: int, global_st
                      recent_returns: typing.Sequence[float], schedule_start: tuple[int, float], device: torch.device) -> dict:
     """A dict of state dicts and plain values, every tensor on the CPU: loadable with
     torch.load(path, weights_only=True) on any machine, never a pickled module. Called on
-    every rank: the runner and random state are each rank's own, so rank 0's go to "runner"
-    and "rng", and those of ranks 1 to W - 1 to "other_ranks"."""
+    every rank: rank 0's runner and random state go to "runner" and "rng", those of ranks
+    1 to W - 1 to "other_ranks"."""
     ranks = gathered([{
         "runner": runner_state(learner.runner, recent_returns),
         "rng": {"torch": torch.get_rng_state(),  # on a GPU, sampling draws from its own generator
@@ -1573,13 +1568,11 @@ def checkpoint_state(learner: Learner, config: Config, iteration: int, global_st
 
 def on_the_cpu(value):
     """value, with every tensor in it (in dicts, lists and tuples) copied to the CPU."""
-    if isinstance(value, torch.Tensor):
-        return value.cpu()
     if isinstance(value, dict):
         return {key: on_the_cpu(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(on_the_cpu(item) for item in value)
-    return value
+        return type(value)(map(on_the_cpu, value))
+    return value.cpu() if isinstance(value, torch.Tensor) else value
 
 
 def write_atomically(path: str, write: typing.Callable[[str], None]) -> None:
@@ -1604,10 +1597,10 @@ def write_run_file(path: str, contents: typing.Union[str, bytes]) -> None:
 
 
 def save_checkpoint(path: str, state: dict) -> None:
-    """Write atomically: a crash or a full disk mid-write leaves the previous checkpoint
-    intact, and no temporary file behind. torch.save writes into memory and Python's own
-    write puts that on disk: torch's zip writer reports a full disk as a RuntimeError that
-    does not say so ("unexpected pos"), Python's write as the OSError that does (ENOSPC)."""
+    """Write atomically, so a crash or a full disk mid-write leaves the previous checkpoint
+    intact. torch.save writes into memory and Python's own write puts that on disk: torch's
+    zip writer reports a full disk as a RuntimeError that does not say so ("unexpected pos"),
+    Python's write as the OSError that does (ENOSPC)."""
     contents = io.BytesIO()
     torch.save(state, contents)
     write_run_file(path, contents.getvalue())
@@ -1621,13 +1614,14 @@ def config_from_dict(values: dict) -> Config:
 
 
 def load_checkpoint(path: str) -> dict:
-    """Read a checkpoint as plain tensors and containers: never executes code from the file."""
+    """Read a checkpoint as plain tensors and containers (never executing code from the
+    file) and check its entries; its "stamp" says which file was read (`checkpoint_stamp`)."""
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: check the path (runs write runs/<env>-<seed>-<time>/checkpoint.pt)")
     try:
         with open(path, "rb") as file, warnings.catch_warnings():  # a pickle that is not a checkpoint can warn before it fails
             warnings.simplefilter("ignore")
-            stamp = file_stamp(os.fstat(file.fileno()))  # of the file read, even if another replaces it meanwhile
+            stamp = checkpoint_stamp(file.fileno())  # of the file read, even if another replaces it meanwhile
             checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:
         raise UserError(f"{path} is not a readable checkpoint ({type(error).__name__}); "
@@ -1651,12 +1645,10 @@ def load_checkpoint(path: str) -> dict:
     return checkpoint
 
 
-def checkpoint_stamp(path: str) -> tuple[int, ...]:
-    """What changes when a checkpoint is replaced (atomically, so by another file)."""
-    return file_stamp(os.stat(path))
-
-
-def file_stamp(status: os.stat_result) -> tuple[int, ...]:
+def checkpoint_stamp(path: typing.Union[str, int]) -> tuple[int, ...]:
+    """What changes when a checkpoint is replaced (atomically, so by another file), of a path
+    or of an open file's descriptor."""
+    status = os.stat(path)
     return status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size
 
 
@@ -1699,36 +1691,29 @@ def check_compatible(checkpoint: dict, config: Config, path: str) -> None:
     if processes != world_size():
         raise UserError(f"{path} was written by {processes} process{'es' if processes > 1 else ''}, and this run has "
                         f"{world_size()}; resume it with {processes} in all (torchrun --nproc-per-node times --nnodes)")
-    checkpoint_config = checkpoint["config"]
+    saved_config = checkpoint["config"]
     for name in FIXED_ON_RESUME:
-        saved, wanted = getattr(checkpoint_config, name), getattr(config, name)
-        if name == "env":
-            saved, wanted = checkpoint_config.env_id, config.env_id
+        attribute = "env_id" if name == "env" else name  # --env CartPole is CartPole-v1
+        saved, wanted = getattr(saved_config, attribute), getattr(config, attribute)
         if saved != wanted:
             raise UserError(f"{path} was trained with {name}={saved!r}, not {wanted!r}; "
-                            f"resume with {as_flag(name, getattr(checkpoint_config, name))} or start a new run")
-
-
-def load_model_state(agent: nn.Module, state: dict, path: str) -> None:
-    try:
-        agent.load_state_dict(state)
-    except RuntimeError:
-        raise UserError(f"the networks in {path} have other shapes than this run's; "
-                        "use the flags it was trained with, or start a new run") from None
+                            f"resume with {as_flag(name, getattr(saved_config, name))} or start a new run")
 
 
 @checked_on_every_rank()  # each rank restores its own runner and random state: a damaged one stops every rank
 def restore(checkpoint: dict, path: str, agent: nn.Module, observation_normalizer: typing.Optional[ObservationNormalizer] = None,
             learner: typing.Optional[Learner] = None, config: typing.Optional[Config] = None,
             device: typing.Optional[torch.device] = None) -> list[float]:
-    """Restore what `load_checkpoint` read and checked, for every use of a checkpoint: the
-    networks into `agent`; for --eval, --record and --watch, the observation statistics into
-    their normalizer; for --resume, into the learner too: Adam, this rank's runner (its
-    normalizers and, where the environment allows, its episodes in progress), its random
-    state and beta. Returns the run's recent returns (none without a learner)."""
-    load_model_state(agent, checkpoint["model"], path)
-    part = "runner"
-    own_entry = "runner" if rank() == 0 else "other_ranks"  # where this rank's runner and random state are kept
+    """Restore what `load_checkpoint` read and checked: the networks into `agent`; for --eval,
+    --record and --watch the observation statistics; for --resume, into the learner, Adam,
+    this rank's runner and random state, and beta. Returns the run's recent returns (none
+    without a learner)."""
+    try:
+        agent.load_state_dict(checkpoint["model"])
+    except RuntimeError:
+        raise UserError(f"the networks in {path} have other shapes than this run's; "
+                        "use the flags it was trained with, or start a new run") from None
+    part = "runner"  # the entry named if what follows fails
     try:
         if learner is None:
             if observation_normalizer:
@@ -1740,12 +1725,12 @@ def restore(checkpoint: dict, path: str, agent: nn.Module, observation_normalize
             for moment in ("exp_avg", "exp_avg_sq"):
                 if learner.optimizer.state[weight][moment].shape != weight.shape:
                     raise ValueError(f"{moment} of shape {tuple(learner.optimizer.state[weight][moment].shape)}")
-        part = own_entry
-        own = [checkpoint, *checkpoint["other_ranks"]][rank()]  # this rank's runner and random state
+        part = "runner" if rank() == 0 else "other_ranks"  # where this rank's runner and random state are kept
+        own = [checkpoint, *checkpoint["other_ranks"]][rank()]
         restore_runner(learner.runner, own["runner"], reset_seed=config.seed + checkpoint["global_step"] + rank() * learner.envs.num_envs)
         if not all(is_of_type(value, float) for value in own["runner"]["recent_returns"]):
             raise ValueError("recent_returns that are not numbers")
-        part = "rng" if rank() == 0 else own_entry
+        part = "rng" if rank() == 0 else part
         torch.set_rng_state(own["rng"]["torch"])
         if device.type == "cuda" and own["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(own["rng"]["cuda"], device)
@@ -1779,8 +1764,11 @@ def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float
 # ---------------------------------------------------------------------------------------
 # 14. The run folder and its lock
 # ---------------------------------------------------------------------------------------
-# A run's folder is its own: new or empty when it starts, held with an flock on run.lock
-# for the run's life, so that no other process writes into it; its problems named as its.
+# A run's folder is its own: new, empty, or that of the checkpoint.pt it resumes, and held
+# for the run's life with an exclusive flock on its run.lock, which the kernel releases
+# however the process ends (no stale lock to clean up), so that no other process writes into
+# it. The holder writes its name into run.lock, for the line that refuses a second run. The
+# folder's problems are named as its own, each in one line.
 
 
 class RunFolderUnwritable(Exception):
@@ -1798,23 +1786,19 @@ def make_default_run_dir(config: Config) -> str:
             os.makedirs(run_dir)
             return run_dir
         except FileExistsError:
-            continue
+            pass
         except OSError as error:
             raise folder_problem(run_dir, error, "choose a --run-dir") from None
     raise UserError(f"{name} and 998 numbered folders beside it exist already; choose a --run-dir")
 
 
 def claim_run_dir(config: Config, resume: typing.Optional[str]) -> tuple[str, bool, typing.Optional[typing.IO]]:
-    """The run's folder, whether this call made it, and this process's hold on it
-    (`hold_run_dir`). A run writes only into a folder that is new, empty, or its own: the
-    folder of the checkpoint it resumes; and only while no other process holds it. A folder
-    that another process holds is refused as that, naming the holder, before anything else
-    is said of it. Whether the folder is new or empty is checked again once it is held, so
-    two runs started at once can never both pass; a start that fails here removes the
-    folder it made."""
-    owns_its_folder = resume is not None and os.path.basename(resume) == "checkpoint.pt"
-    own = (os.path.dirname(resume) or ".") if owns_its_folder else None
-    if resume and not owns_its_folder and not config.run_dir:
+    """The run's folder, whether this call made it, and this process's hold on it. An existing
+    folder that another process holds is refused as that before anything else is said of it;
+    whether it is empty is checked again once it is held, so that of runs started at once one
+    alone passes. A start that fails here removes the folder it made."""
+    own = (os.path.dirname(resume) or ".") if resume and os.path.basename(resume) == "checkpoint.pt" else None
+    if resume and own is None and not config.run_dir:
         raise UserError(f"{resume} is not a run folder's checkpoint.pt, so its folder is not its run's; "
                         "resume it into a new folder with --run-dir")
     created = not config.run_dir and not resume
@@ -1865,10 +1849,9 @@ def check_new_or_empty(run_dir: str) -> None:
 
 
 def remove_new_folder(run_dir: str) -> None:
-    """On a failed start, remove the folder this run made if it holds nothing but run.lock
-    (or nothing, where there is no flock). Called while the folder is held, so no other run
-    has begun in it; one that locks the removed run.lock sees so (`hold_run_dir`). Never
-    raises: the error that stopped the start is the one to report."""
+    """On a failed start, remove the folder this run made if it holds nothing but run.lock (or
+    nothing, where there is no flock). Called while the folder is held, so no other run has
+    begun in it. Never raises: the error that stopped the start is the one to report."""
     with contextlib.suppress(OSError):
         if set(os.listdir(run_dir)) <= {RUN_LOCK}:
             with contextlib.suppress(FileNotFoundError):
@@ -1878,34 +1861,35 @@ def remove_new_folder(run_dir: str) -> None:
 
 def folder_problem(run_dir: str, error: OSError, fix: str = "choose another --run-dir") -> Exception:
     """What stops a start whose folder cannot be made or written. The folder's own problem
-    (on a read-only file system, not this user's to write, not a folder, gone) is the
-    input's: a UserError, exit status 2. A full disk or another fault of the machine is
-    RunFolderUnwritable, exit status 1."""
+    (read-only, not this user's to write, not a folder, gone) is the input's: a UserError,
+    exit status 2. A full disk or another fault of the machine is `unwritable`, exit status 1."""
     import errno
 
-    number = error.errno
-    if number == errno.EROFS:
-        return UserError(f"{run_dir} is on a read-only file system, so a run cannot write there; {fix}")
-    if number in (errno.EACCES, errno.EPERM):
-        return UserError(f"{run_dir} is not writable for this user ({error.strerror}); {fix}")
-    if number == errno.ENOTDIR:
-        return UserError(f"{run_dir} is not a folder (it, or a folder on its path, is a file); {fix}")
-    if number == errno.ENOENT:
-        return UserError(f"{run_dir} does not exist (removed while this run started, or a link on its path points "
-                         f"nowhere); {fix}")
-    space = number in (errno.ENOSPC, errno.EDQUOT)
-    return RunFolderUnwritable(f"cannot write {error.filename or run_dir} ({error.strerror}); {what_is_kept(run_dir)}; "
-                               f"{'free some space or ' if space else ''}choose another --run-dir")
+    problem = {errno.EROFS: "is on a read-only file system, so a run cannot write there",
+               **dict.fromkeys((errno.EACCES, errno.EPERM), f"is not writable for this user ({error.strerror})"),
+               errno.ENOTDIR: "is not a folder (it, or a folder on its path, is a file)",
+               errno.ENOENT: "does not exist (removed while this run started, or a link on its path points nowhere)",
+               }.get(error.errno)
+    return UserError(f"{run_dir} {problem}; {fix}") if problem else unwritable(run_dir, error)
+
+
+def unwritable(run_dir: str, error: OSError) -> RunFolderUnwritable:
+    """A write into the run folder that failed, in one line that says what is kept."""
+    import errno
+
+    checkpoint = os.path.join(run_dir, "checkpoint.pt")
+    kept = f"the last checkpoint, {checkpoint}, is intact" if os.path.exists(checkpoint) else "no checkpoint had been written yet"
+    space = "free some space or " if error.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return RunFolderUnwritable(f"cannot write {error.filename or run_dir} ({error.strerror}); {kept}; "
+                               f"{space}choose another --run-dir")
 
 
 RUN_LOCK = "run.lock"  # the file whose lock a run holds on its folder
 # What a run.lock holds: nothing yet, or the name of the process that holds it (`name_holder`).
 RUN_LOCK_TEXT = re.compile(rb"(process [^\n]*\n?)?")
-
-
-def what_is_kept(run_dir: str) -> str:
-    checkpoint = os.path.join(run_dir, "checkpoint.pt")
-    return f"the last checkpoint, {checkpoint}, is intact" if os.path.exists(checkpoint) else "no checkpoint had been written yet"
+IN_USE = "{} is in use by {}; wait for that run to end, or choose another --run-dir"
+NOT_A_RUN_LOCK = ("{} is {}, not the lock file of a ppo.py run, and it is kept; move it out of the folder "
+                  "or choose another --run-dir")
 
 
 def open_without_following(path: str, flags: int) -> int:
@@ -1914,15 +1898,12 @@ def open_without_following(path: str, flags: int) -> int:
 
 
 def hold_run_dir(run_dir: str, fix: str = "choose another --run-dir") -> typing.Optional[typing.IO]:
-    """Hold run_dir for this process: an exclusive flock on its run.lock, which the kernel
-    releases when the process ends, however it ends (SIGKILL, a power cut: no stale lock to
-    clean up), or when the returned file is closed; `name_holder` then writes this process
-    into it, for the line that refuses a second run. The file locked is checked to be the
-    one at the path still (a start that failed removes its new folder, run.lock first,
-    while it holds it), and to be a run's lock file: a link, a folder or a file of other
-    text is refused, never written over. Where the file system cannot lock (no fcntl on Windows; NFS
-    without a lock service; Lustre mounted without flock), a note says so and None comes
-    back: the run goes on, unguarded."""
+    """Hold run_dir for this process with an exclusive flock on its run.lock, until the returned
+    file is closed or the process ends. The file locked must still be the one at the path (a
+    failed start removes its new folder, run.lock first, while it holds it), and a run's lock
+    file: a link, a folder or a file of other text is refused, never written over. Where the
+    file system cannot lock (no fcntl on Windows; NFS without a lock service; Lustre mounted
+    without flock), a note says so and None comes back: the run goes on, unguarded."""
     import errno
     import stat
 
@@ -1937,7 +1918,8 @@ def hold_run_dir(run_dir: str, fix: str = "choose another --run-dir") -> typing.
             hold = open(path, "a+b", opener=open_without_following)
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.EISDIR):
-                raise not_a_run_lock(path, "a symbolic link" if error.errno == errno.ELOOP else "a folder") from None
+                kind = "a symbolic link" if error.errno == errno.ELOOP else "a folder"
+                raise UserError(NOT_A_RUN_LOCK.format(path, kind)) from None
             raise folder_problem(run_dir, error, fix) from None
         try:
             holder = lock_or_holder(hold)
@@ -1948,41 +1930,26 @@ def hold_run_dir(run_dir: str, fix: str = "choose another --run-dir") -> typing.
             return None
         if holder is not None:
             hold.close()
-            raise UserError(f"{run_dir} is in use by {holder}; wait for that run to end, or choose another --run-dir")
-        if is_file_at(hold, path):
-            break
-        hold.close()  # it was removed while this process locked it: lock the one there now, if any
+            raise UserError(IN_USE.format(run_dir, holder))
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(hold.fileno()), os.stat(path, follow_symlinks=False)):
+                break  # the file locked is the one at the path still
+        hold.close()  # it was removed or replaced while this process locked it: lock the one there now, if any
     else:
         raise UserError(f"{path} was replaced again and again while this run locked it; run the command again")
     hold.seek(0)
     if not stat.S_ISREG(os.fstat(hold.fileno()).st_mode) or not RUN_LOCK_TEXT.fullmatch(hold.read(4097)):
         hold.close()
-        raise not_a_run_lock(path, "a file of other contents")
+        raise UserError(NOT_A_RUN_LOCK.format(path, "a file of other contents"))
     return hold
 
 
-def not_a_run_lock(path: str, kind: str) -> UserError:
-    return UserError(f"{path} is {kind}, not the lock file of a ppo.py run, and it is kept; move it out of the folder "
-                     "or choose another --run-dir")
-
-
-def is_file_at(hold: typing.IO, path: str) -> bool:
-    """Whether the open file is the one at path now (not removed, not replaced)."""
-    try:
-        status = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(hold.fileno())
-    return (status.st_dev, status.st_ino) == (held.st_dev, held.st_ino)
-
-
 def lock_or_holder(hold: typing.IO, exclusive: bool = True, patience: float = 5.0) -> typing.Optional[str]:
-    """Take the lock of an open run.lock (exclusive, or shared: enough to learn whether a
-    run holds it) without waiting for it: None once taken, else the name of the process
-    that holds it. A run names itself just after it locks, so while the file names no one,
-    or a process of this machine that has ended (the last run's name), this tries again for
-    up to `patience` seconds before it answers. Raises OSError where the file system
-    cannot lock."""
+    """Take the lock of an open run.lock (exclusive, or shared: enough to learn whether a run
+    holds it) without waiting for it: None once taken, else the name of the process that holds
+    it. A run names itself just after it locks, so while the file names no one, or a process
+    of this machine that has ended (the last run's name), this tries again for up to
+    `patience` seconds. Raises OSError where the file system cannot lock."""
     import fcntl
 
     deadline = time.monotonic() + patience
@@ -2013,20 +1980,16 @@ def has_ended(holder: str) -> bool:
 
 
 def refuse_if_held(run_dir: str) -> None:
-    """Raise UserError naming the process that holds run_dir, where one does: said before
-    anything else of an existing folder, so that the folder of a live run is refused as
-    that, whether or not it holds a checkpoint yet. Creates and writes nothing; the lock,
-    where free, is taken for a moment only."""
+    """Raise UserError naming the process that holds run_dir, where one does, so that the folder
+    of a live run is refused as that, whether or not it holds a checkpoint yet. Creates and
+    writes nothing (a shared lock, for a moment): the folder may be a user's."""
     try:
-        import fcntl  # noqa: F401
-        probe = open(os.path.join(run_dir, RUN_LOCK), "rb", opener=open_without_following)
+        with open(os.path.join(run_dir, RUN_LOCK), "rb", opener=open_without_following) as probe:
+            holder = lock_or_holder(probe, exclusive=False)
     except (ImportError, OSError):
         return  # no lock file, or none to lock: no run holds the folder, and the checks after this say what else is wrong
-    with probe:
-        with contextlib.suppress(OSError):
-            holder = lock_or_holder(probe, exclusive=False)
-            if holder is not None:
-                raise UserError(f"{run_dir} is in use by {holder}; wait for that run to end, or choose another --run-dir")
+    if holder is not None:
+        raise UserError(IN_USE.format(run_dir, holder))
 
 
 def name_holder(hold: typing.Optional[typing.IO]) -> typing.Optional[typing.IO]:
@@ -2052,55 +2015,6 @@ METRIC_COLUMNS = ("iteration", "global_step", "wall_seconds", "mean_return", "ep
                   "explained_variance", "steps_per_second", "learning_rate", "kl_coef")
 
 
-class MetricsLog:
-    """One line per iteration on stdout, in metrics.csv and, if asked, in TensorBoard."""
-
-    def __init__(self, run_dir: str, tensorboard: bool, keep_iterations: typing.Optional[int]):
-        """A new run starts metrics.csv afresh; a resumed one keeps the rows of the first
-        keep_iterations iterations (those its checkpoint holds) and appends after them, so
-        the file stays one row per iteration even after resuming from an older checkpoint."""
-        path = os.path.join(run_dir, "metrics.csv")
-        kept: list[dict] = []
-        if keep_iterations is not None and os.path.exists(path):
-            try:
-                with open(path, newline="") as file:
-                    kept = [row for row in csv.DictReader(file) if (row.get("iteration") or "").isdigit()
-                            and int(row["iteration"]) <= keep_iterations]
-            except (UnicodeDecodeError, csv.Error):
-                raise UserError(f"{path} is not a metrics file that ppo.py wrote; move it out of the run folder") from None
-        lines = io.StringIO()
-        writer = csv.DictWriter(lines, fieldnames=METRIC_COLUMNS, restval="", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(kept)
-        write_run_file(path, lines.getvalue())
-        self.file = open(path, "a", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=METRIC_COLUMNS)
-        self.tensorboard = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tensorboard = SummaryWriter(run_dir)
-
-    def write(self, row: dict, num_iterations: int) -> None:
-        columns = {name: row.get(name, "") for name in METRIC_COLUMNS}  # kl_coef is empty under the clip objective
-        self.writer.writerow(columns)
-        self.file.flush()
-        if self.tensorboard:
-            for name in METRIC_COLUMNS[2:]:
-                if columns[name] != "":
-                    self.tensorboard.add_scalar(name, columns[name], row["global_step"])
-        say(f"iter {row['iteration']:>4}/{num_iterations} | step {row['global_step']:>9,} | "
-            f"{clock(row['wall_seconds'])}<{clock(row['seconds_left'])} | "
-            f"{row['steps_per_second']:>6,.0f} sps | return {row['mean_return']:8.2f} ({row['episodes']} ep) | "
-            f"policy {row['policy_loss']:+.4f} value {row['value_loss']:.4f} entropy {row['entropy']:.3f} "
-            f"kl {row['approx_kl']:.4f} clip {row['clip_fraction']:.3f} ev {row['explained_variance']:+.2f}"
-            + (f" beta {row['kl_coef']:.3g}" if "kl_coef" in row else ""))
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tensorboard:
-            self.tensorboard.close()
-
-
 def clock(seconds: float) -> str:
     """Seconds as a clock reads them: 75 -> 1:15, 3725 -> 1:02:05."""
     minutes, seconds = divmod(round(seconds), 60)
@@ -2109,48 +2023,71 @@ def clock(seconds: float) -> str:
 
 
 class RunFolder:
-    """What a run writes into its folder: config.json, metrics.csv, checkpoint.pt and
-    learning-curve.png. Under torchrun rank 0 alone writes (`on_rank_0`). A write
-    that fails (a full disk, a folder made read-only or removed under the run) stops the
-    run with one line that says what is kept."""
+    """What a run writes into its folder: config.json, metrics.csv (each iteration's line also
+    on stdout and, if asked, in TensorBoard), checkpoint.pt and learning-curve.png. Under
+    torchrun rank 0 alone writes (`on_rank_0`). A write that fails (a full disk, a folder
+    made read-only or removed under the run) stops the run with one line that says what is
+    kept."""
 
     def __init__(self, run_dir: str, config: Config):
         self.run_dir, self.config = run_dir, config
         self.checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-        self.log: typing.Optional[MetricsLog] = None
+        self.metrics_file = self.metrics = self.tensorboard = None  # made by `open`, on rank 0
         self.learning_curve = LearningCurve(run_dir, config)
 
-    @contextlib.contextmanager
-    def writes(self):
-        try:
-            yield
-        except OSError as error:
-            import errno
-
-            space = error.errno in (errno.ENOSPC, errno.EDQUOT)
-            raise RunFolderUnwritable(f"cannot write {error.filename or self.run_dir} ({error.strerror}); {self.kept()}; "
-                                      f"{'free some space or ' if space else ''}choose another --run-dir") from None
-
-    def kept(self) -> str:
-        return what_is_kept(self.run_dir)
-
     def open(self, keep_iterations: typing.Optional[int]) -> None:
-        """The run's first writes: where they fail, the folder's problem is said as the
-        folder's (`folder_problem`), also where no run.lock was written before them."""
+        """The run's first writes. A new run starts metrics.csv afresh; a resumed one keeps the
+        rows of the first keep_iterations iterations (those its checkpoint holds) and appends
+        after them, so the file stays one row per iteration even after resuming from an older
+        checkpoint. Where these writes fail, the folder's problem is said as the folder's
+        (`folder_problem`), also where no run.lock was written before them."""
+        path = os.path.join(self.run_dir, "metrics.csv")
+        kept: list[dict] = []
         try:
-            self.log = MetricsLog(self.run_dir, self.config.tensorboard, keep_iterations)
+            if keep_iterations is not None and os.path.exists(path):
+                with open(path, newline="") as file:
+                    kept = [row for row in csv.DictReader(file) if (row.get("iteration") or "").isdigit()
+                            and int(row["iteration"]) <= keep_iterations]
+            lines = io.StringIO()
+            writer = csv.DictWriter(lines, fieldnames=METRIC_COLUMNS, restval="", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+            write_run_file(path, lines.getvalue())
+            self.metrics_file = open(path, "a", newline="")
+            self.metrics = csv.DictWriter(self.metrics_file, fieldnames=METRIC_COLUMNS)
+            if self.config.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tensorboard = SummaryWriter(self.run_dir)
             write_run_file(os.path.join(self.run_dir, "config.json"), json.dumps(dataclasses.asdict(self.config), indent=2))
+        except (UnicodeDecodeError, csv.Error):
+            raise UserError(f"{path} is not a metrics file that ppo.py wrote; move it out of the run folder") from None
         except OSError as error:
             raise folder_problem(self.run_dir, error) from None
 
     def write_metrics(self, row: dict) -> None:
-        with self.writes():
-            self.log.write(row, self.config.num_iterations)
+        columns = {name: row.get(name, "") for name in METRIC_COLUMNS}  # kl_coef is empty under the clip objective
+        try:
+            self.metrics.writerow(columns)
+            self.metrics_file.flush()
+            if self.tensorboard:
+                for name in METRIC_COLUMNS[2:]:
+                    if columns[name] != "":
+                        self.tensorboard.add_scalar(name, columns[name], row["global_step"])
+        except OSError as error:
+            raise unwritable(self.run_dir, error) from None
+        say(f"iter {row['iteration']:>4}/{self.config.num_iterations} | step {row['global_step']:>9,} | "
+            f"{clock(row['wall_seconds'])}<{clock(row['seconds_left'])} | "
+            f"{row['steps_per_second']:>6,.0f} sps | return {row['mean_return']:8.2f} ({row['episodes']} ep) | "
+            f"policy {row['policy_loss']:+.4f} value {row['value_loss']:.4f} entropy {row['entropy']:.3f} "
+            f"kl {row['approx_kl']:.4f} clip {row['clip_fraction']:.3f} ev {row['explained_variance']:+.2f}"
+            + (f" beta {row['kl_coef']:.3g}" if "kl_coef" in row else ""))
 
     def save(self, state: dict, final: bool) -> None:
-        with self.writes():
+        try:
             save_checkpoint(self.checkpoint_path, state)
             self.learning_curve.refresh(final)
+        except OSError as error:
+            raise unwritable(self.run_dir, error) from None
 
     def divergence_error(self, iteration: int, what: str) -> TrainingDiverged:
         advice = "lower --learning-rate or --max-grad-norm"
@@ -2159,8 +2096,10 @@ class RunFolder:
         return TrainingDiverged(f"iteration {iteration}: {what}; {kept}")
 
     def close(self) -> None:
-        if self.log:
-            self.log.close()
+        if self.metrics_file:
+            self.metrics_file.close()
+        if self.tensorboard:
+            self.tensorboard.close()
 
 
 # ---------------------------------------------------------------------------------------
