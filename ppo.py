@@ -2359,16 +2359,13 @@ def plot_runs(run_dirs: list[str], output: str) -> None:
 
 
 def ppo(config: Config, resume: typing.Optional[str] = None, checkpoint: typing.Optional[dict] = None) -> dict:
-    """Train with PPO as `config` says; return the final metrics.
-
-    Everything comes in through the arguments. `resume` is a checkpoint path: training
-    continues from it (networks, optimizer, normalizers, random state and, where the
-    environment allows, the episodes in progress) up to config.total_steps. `checkpoint`
-    is that file as `load_checkpoint` read it, where the caller has read it already (`main`
-    takes the config from it): the run's settings and its state then come from one read.
-    Started by torchrun with W processes, each is one rank of a data-parallel run
-    (section 11): rank 0 alone claims the run folder, writes to it and prints.
-    """
+    """Train with PPO as `config` says; return the final metrics. `resume` is a checkpoint
+    path: training continues from it (networks, optimizer, normalizers, random state and,
+    where the environment allows, the episodes in progress) up to config.total_steps.
+    `checkpoint` is that file as `load_checkpoint` read it, where the caller has (`main` takes
+    the config from it): the settings and the state then come from one read. Under torchrun
+    each of the W processes is one rank of a data-parallel run (section 11): rank 0 alone
+    claims the run folder, writes to it and prints."""
     with process_group(resolve_device(config.device)) as device:
         with checked_on_every_rank():  # each rank's own GPU, memory and read of the checkpoint
             check_precision(device, config.precision)  # of this rank's GPU under torchrun
@@ -2398,11 +2395,10 @@ def ppo(config: Config, resume: typing.Optional[str] = None, checkpoint: typing.
 
 
 def check_not_replaced(resume: typing.Optional[str], checkpoint: typing.Optional[dict], run_dir: str) -> None:
-    """Raise UserError where a resume into the checkpoint's own folder read a checkpoint that
-    has been replaced since (by another run of that folder, which has ended, since this one
-    now holds the folder): going on would save an older state over a newer one. A resume into
-    a new folder goes on from what it read, a whole checkpoint, even while its run still
-    trains and saves."""
+    """Refuse a resume into its checkpoint's own folder whose checkpoint another run of the
+    folder (ended, since this one holds it) replaced after it was read: going on would save an
+    older state over a newer one. A resume into a new folder goes on from the whole checkpoint
+    it read, even while its run still saves."""
     if not resume or os.path.realpath(os.path.dirname(resume) or ".") != os.path.realpath(run_dir):
         return
     if not os.path.exists(resume) or checkpoint_stamp(resume) != checkpoint["stamp"]:
@@ -2421,26 +2417,22 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
     if isinstance(learner.agent.encoder, BFloat16Encoder) and bfloat16_is_slow(device):
         say(f"note: --precision bfloat16 on a CPU without AVX-512 ({torch.backends.cpu.get_cpu_capability()}) is slow: "
             "the Pong preset trained 5.8x slower than in float32 on an AVX2 AMD EPYC; --precision float32 is faster here")
-    join_ranks(learner, config.seed, device)  # section 11: nothing to do in one process
-    recent_returns: deque = deque(maxlen=config.return_window)  # the mean return logged is of these episodes
-    try:
-        if checkpoint:
-            recent_returns.extend(restore(checkpoint, resume, learner.agent, learner=learner, config=config, device=device))
-        schedule_start = resumed_schedule_start(checkpoint, config) if checkpoint else (0, config.learning_rate)
-    except BaseException:
-        learner.envs.close()
-        raise
-    iterations_done = checkpoint["iteration"] if checkpoint else 0
-    global_step = checkpoint["global_step"] if checkpoint else 0
     folder = RunFolder(run_dir, config)
-    metrics: dict = {"global_step": global_step, "mean_return": float("nan")}
+    recent_returns: deque = deque(maxlen=config.return_window)  # the mean return logged is of these episodes
+    iterations_done, global_step, schedule_start = 0, 0, (0, config.learning_rate)
     status, stop_signal = "finished", None
-    progress = Progress(iterations_done, config.num_iterations, global_step)
 
     def state() -> dict:
         return checkpoint_state(learner, config, iterations_done, global_step, recent_returns, schedule_start, device)
 
     try:
+        join_ranks(learner, config.seed, device)  # section 11: nothing to do in one process
+        if checkpoint:
+            recent_returns.extend(restore(checkpoint, resume, learner.agent, learner=learner, config=config, device=device))
+            iterations_done, global_step = checkpoint["iteration"], checkpoint["global_step"]
+            schedule_start = resumed_schedule_start(checkpoint, config)
+        metrics: dict = {"global_step": global_step, "mean_return": float("nan")}
+        progress = Progress(iterations_done, config.num_iterations, global_step)
         on_rank_0(folder.open, iterations_done if checkpoint else None)
         with StopSignals() as stop:
             for iteration in range(iterations_done, config.num_iterations):
@@ -2448,17 +2440,15 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
                 diagnostics = over_all_ranks(ppo_iteration(learner, config, learning_rate))  # section 11
                 iterations_done, global_step = iteration + 1, global_step + diagnostics.pop("environment_steps")
                 recent_returns.extend(diagnostics.pop("episode_returns"))
-                problem = what_diverged(learner, diagnostics)
-                if problem:
+                if problem := what_diverged(learner, diagnostics):
                     raise folder.divergence_error(iterations_done, problem)
                 metrics = {"iteration": iterations_done, "learning_rate": learning_rate, **diagnostics,
                            "mean_return": float(np.mean(recent_returns)) if recent_returns else float("nan"),
                            "episodes": len(recent_returns), **progress.at(iterations_done, global_step)}
                 on_rank_0(folder.write_metrics, metrics)
                 # Every rank holds the same returns (section 11), so every rank decides alike.
-                solved = (config.target_return is not None and metrics["episodes"] == config.return_window
-                          and metrics["mean_return"] >= config.target_return)
-                if solved:
+                if (config.target_return is not None and metrics["episodes"] == config.return_window
+                        and metrics["mean_return"] >= config.target_return):
                     status = "solved"
                     say(f"solved: mean return {metrics['mean_return']:.1f} >= {config.target_return} "
                         f"over the last {config.return_window} episodes")
@@ -2466,7 +2456,7 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
                 stop_signal = next((number for number in gathered([stop.received]) if number is not None), None)
                 if stop_signal is not None:
                     status = "interrupted"
-                if solved or stop_signal is not None:
+                if status != "finished":
                     break
                 if iterations_done % config.save_every == 0:
                     on_rank_0(folder.save, state(), False)
@@ -2479,7 +2469,7 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
 
 
 class Progress:
-    """The clock of a run: wall seconds since it started (or resumed), steps per second, and
+    """The clock of a run since it started (or resumed): wall seconds, steps per second, and
     the time left at the rate of the iterations so far."""
 
     def __init__(self, iteration: int, last_iteration: int, global_step: int):
@@ -2511,7 +2501,7 @@ def say(text: str) -> None:
 
 
 class TrainingDiverged(Exception):
-    """A loss or weight became NaN or infinite."""
+    """The policy's probabilities, a loss or a weight became NaN or infinite (`what_diverged`)."""
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers, from glibc's malloc.h
@@ -2519,30 +2509,23 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers, from
 
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for the next allocation rather than give it
-    back to the operating system; return whether it was done (Linux with glibc only).
-
-    torch allocates CPU tensors with malloc, and an update allocates and frees the same
-    large tensors at every minibatch (256 Atari observations are 22 MB in float32, their
-    activations several MB). glibc's thresholds adapt to what is freed, and in this loop
-    they often hand such blocks back to the kernel, so the next one page-faults its memory
-    in again. Here blocks up to 32 MiB (the largest mmap threshold glibc accepts on 64 bits)
-    come from the heap, and up to 1 GiB of free heap is kept: the peak memory of one update
-    stays allocated. Measured on Pong: docs/pong-on-a-cpu.md, "Levers for a faster CPU run"."""
+    back to the operating system; return whether it was done (Linux with glibc only). torch
+    allocates CPU tensors with malloc, and an update allocates and frees the same large
+    tensors at every minibatch (256 Atari observations are 22 MB in float32); glibc's adaptive
+    thresholds often hand such blocks back to the kernel, so the next one page-faults its
+    memory in again. Here blocks up to 32 MiB (the largest mmap threshold glibc accepts on 64
+    bits) come from the heap, and up to 1 GiB of free heap is kept: the peak memory of one
+    update stays allocated. Measured on Pong: docs/pong-on-a-cpu.md, "Levers for a faster CPU run"."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)  # the C library this interpreter already runs on
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and libc.mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
-# What torch.backends.cpu.get_cpu_capability() says on x86 CPUs without AVX-512.
-CPUS_WITHOUT_FAST_BFLOAT16 = ("NO AVX", "AVX2")
-
-
 def bfloat16_is_slow(device: torch.device) -> bool:
-    """Whether autocast's bfloat16 is known to run slower than float32 here: on a CPU whose
-    widest vector instructions are AVX2 the Pong preset trained 5.8x slower in bfloat16
-    (docs/pong-on-a-cpu.md, "Levers for a faster CPU run"). Unmeasured elsewhere."""
-    return device.type == "cpu" and torch.backends.cpu.get_cpu_capability() in CPUS_WITHOUT_FAST_BFLOAT16
+    """Whether autocast's bfloat16 is known to be slower than float32 here: on an x86 CPU without
+    AVX-512 (docs/pong-on-a-cpu.md, "Levers for a faster CPU run"); unmeasured elsewhere."""
+    return device.type == "cpu" and torch.backends.cpu.get_cpu_capability() in ("NO AVX", "AVX2")
 
 
 # Ctrl-C (SIGINT), `kill`, `timeout` and schedulers (SIGTERM), and a closed terminal (SIGHUP).
@@ -2556,8 +2539,7 @@ class StopSignals:
     a terminal's Ctrl-C reaches each rank twice (from the terminal and from the launcher),
     so a rank ignores signals after the first and leaves the hard stop to the launcher."""
 
-    def __init__(self):
-        self.received: typing.Optional[int] = None
+    received: typing.Optional[int] = None
 
     def __enter__(self):
         self.previous = {number: signal.signal(number, self.handle) for number in STOP_SIGNALS}
@@ -2606,15 +2588,13 @@ ATARI_FRAMES_PER_SECOND = 60  # the console draws 60 frames a second
 
 
 def make_screen_environment(config: Config) -> gym.vector.VectorEnv:
-    """A second copy of one Atari game, whose observation is the full-color screen.
-
-    ale-py's vector environment, which training uses, cannot render. This copy is made
-    with the same atari_game_settings (frame skip, up to 30 no-ops and FIRE at reset,
-    sticky actions, the frame limit) and differs only in the picture it returns:
-    the last frame of each step, in color, at full size. The emulator is deterministic
-    given the seed and the actions, so stepped with the same ones as the game the policy
-    sees, it plays the same game frame for frame (tests/test_see_the_agent.py checks it).
-    """
+    """A second copy of one Atari game, whose observation is the full-color screen: ale-py's
+    vector environment, which training uses, cannot render. Made with the same
+    atari_game_settings (frame skip, up to 30 no-ops and FIRE at reset, sticky actions, the
+    frame limit), it differs only in the picture it returns: the last frame of each step, in
+    color, at full size. The emulator is deterministic given the seed and the actions, so
+    stepped with the game's actions it plays the same game frame for frame
+    (tests/test_see_the_agent.py checks it)."""
     return gym.make_vec(
         config.env_id, num_envs=1, vectorization_mode="vector_entry_point", num_threads=1,
         **atari_game_settings(config),
@@ -2681,19 +2661,6 @@ def atari_picture(screen: np.ndarray, frames: np.ndarray) -> np.ndarray:
     return np.asarray(canvas.resize((2 * canvas.width, 2 * canvas.height), Image.Resampling.NEAREST))
 
 
-def displayed_picture(envs: gym.vector.VectorEnv, raw: np.ndarray) -> np.ndarray:
-    """What a recording or a window shows now (H, W, 3): the rendered frame, and for frames
-    (Atari) what the network sees beside it."""
-    try:
-        frame = envs.render()[0]
-    except gym.error.DependencyNotInstalled as error:  # classic control draws with pygame
-        raise UserError(f"drawing the environment's frames needs a package that is missing ({error}); pip install -r requirements.txt") from None
-    if frame is None:
-        raise UserError(f"{envs.spec.id if envs.spec else 'this environment'} does not render rgb_array frames, so it cannot "
-                        "be recorded or watched; use --eval to print scores")
-    return atari_picture(frame, raw[0]) if raw.ndim == 4 else frame
-
-
 class Window:
     """A window that shows pictures at the environment's speed, drawn with pygame as
     gymnasium's own human rendering is; closing it stops like Ctrl-C."""
@@ -2703,11 +2670,10 @@ class Window:
 
         pygame.init()
         pygame.display.set_caption(title)
-        self.clock, self.fps, self.display = pygame.time.Clock(), fps, None
+        self.pygame, self.clock, self.fps, self.display = pygame, pygame.time.Clock(), fps, None
 
     def show(self, picture: np.ndarray) -> None:
-        import pygame
-
+        pygame = self.pygame
         if any(event.type == pygame.QUIT for event in pygame.event.get()):
             raise KeyboardInterrupt
         image = pygame.surfarray.make_surface(picture.swapaxes(0, 1))  # pygame indexes pixels (x, y)
@@ -2719,9 +2685,7 @@ class Window:
         self.clock.tick(self.fps)
 
     def close(self) -> None:
-        import pygame
-
-        pygame.quit()
+        self.pygame.quit()
 
 
 @contextlib.contextmanager
@@ -2750,17 +2714,6 @@ def check_record_path(path: str) -> None:
         raise UserError(f"--record {path}: the folder {os.path.dirname(path)} does not exist; create it or choose another path")
 
 
-def check_draws_pictures(env_id: str) -> None:
-    """Raise UserError unless the environment can draw its frames as pictures (render mode
-    rgb_array), which --record and --watch show; a user's own environment may draw none."""
-    probe = gym.make(env_id)
-    modes = probe.metadata.get("render_modes") or []
-    probe.close()
-    if "rgb_array" not in modes:
-        raise UserError(f"{env_id} draws no pictures (its render_modes are {list(modes)}, without 'rgb_array'), "
-                        "so --record and --watch cannot show it; use --eval alone")
-
-
 def frame_milliseconds(fps: float) -> int:
     """How long a GIF shows each picture: GIF counts time in hundredths of a second."""
     return 10 * max(1, round(100 / fps))
@@ -2771,25 +2724,34 @@ def write_animation(path: str, pictures: list, fps: float) -> None:
     picture that repeats the one before into it, lengthening that one's duration. Pillow
     holds a copy of every picture until it writes the file, so each leaves the list as it
     is copied: half the memory."""
-    def handed_over():
-        while pictures:
-            yield pictures.pop(0)
-
     first = pictures.pop(0)
+    rest = (pictures.pop(0) for _ in range(len(pictures)))
     try:
         write_atomically(path, lambda temporary: first.save(
-            temporary, format="GIF", save_all=True, append_images=handed_over(), duration=frame_milliseconds(fps), loop=0))
+            temporary, format="GIF", save_all=True, append_images=rest, duration=frame_milliseconds(fps), loop=0))
     except OSError as error:
         raise UserError(f"cannot write {path} ({error.strerror}); free some space or choose another --record path") from None
 
 
 def show_and_keep(envs: gym.vector.VectorEnv, raw: np.ndarray, window: typing.Optional[Window], pictures: typing.Optional[list]) -> None:
-    """Show the picture of now in the window, and keep it for the recording, as asked. A
-    recording keeps Pillow images of 256 colors (a third of the memory of RGB), as a GIF
-    holds them."""
+    """Show the picture of now (the rendered frame; Atari's with what the network sees beside
+    it) in the window, and keep it for the recording, as asked. A recording keeps Pillow
+    images of 256 colors (a third of the memory of RGB), as a GIF holds them."""
     if window is None and pictures is None:
         return
-    now = displayed_picture(envs, raw)
+    try:
+        frame = envs.render()[0]
+    except gym.error.DependencyNotInstalled as error:  # classic control draws with pygame
+        raise UserError(f"drawing the environment's frames needs a package that is missing ({error}); pip install -r requirements.txt") from None
+    except Exception as error:  # MuJoCo without an OpenGL it can draw with
+        if not type(error).__module__.startswith("mujoco"):
+            raise
+        raise UserError(f"MuJoCo cannot draw here ({str(error).splitlines()[0]}); set MUJOCO_GL to egl or osmesa, "
+                        "whichever this machine has (MUJOCO_GL=egl python ppo.py ...)") from None
+    if frame is None:
+        raise UserError(f"{envs.spec.id if envs.spec else 'this environment'} does not render rgb_array frames, so it cannot "
+                        "be recorded or watched; use --eval to print scores")
+    now = atari_picture(frame, raw[0]) if raw.ndim == 4 else frame
     if window:
         window.show(now)
     if pictures is not None:
@@ -2808,13 +2770,12 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: typing.Optio
              max_episode_steps: typing.Optional[int] = None) -> tuple[float, float]:
     """Run `episodes` episodes with the deterministic policy (argmax or mean action) of a
     checkpoint; normalization statistics are the saved ones and are not updated. `watch`
-    shows them in a window, `record` writes them to a GIF file, and both show what
-    `picture` draws; `max_episode_steps` ends each episode after that many steps. On the
-    CPU unless `device` says otherwise. Returns the mean and std of the episodes' returns."""
-    if episodes <= 0:
-        raise UserError(f"--episodes must be a positive integer, got {episodes}")
-    if max_episode_steps is not None and max_episode_steps <= 0:
-        raise UserError(f"--max-episode-steps must be a positive integer, got {max_episode_steps}")
+    shows them in a window, `record` writes them to a GIF file, both as `show_and_keep`
+    draws them; `max_episode_steps` ends each episode after that many steps. On the CPU
+    unless `device` says otherwise. Returns the mean and std of the episodes' returns."""
+    for flag, value in (("--episodes", episodes), ("--max-episode-steps", max_episode_steps)):
+        if value is not None and value <= 0:
+            raise UserError(f"{flag} must be a positive integer, got {value}")
     if record:
         check_record_path(record)
     checkpoint = load_checkpoint(path)
@@ -2827,22 +2788,16 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: typing.Optio
     check_precision(torch_device, config.precision)
     single_spaces(config)  # the environment can be made here, and the networks take its spaces
     envs = evaluation_environments(config, pictures=watch or record is not None)
-    agent = build_actor_critic(envs.single_observation_space, envs.single_action_space, config)
-    set_precision(agent, config.precision)
-    agent.to(torch_device)
-    normalizer = (ObservationNormalizer(envs.single_observation_space.shape, config.observation_clip)
-                  if config.normalize_observations else None)
-    try:
-        restore(checkpoint, path, agent, observation_normalizer=normalizer)
-    except UserError:
-        envs.close()
-        raise
-    agent.eval()
     # Pictures per second: Atari's frames per agent step, else what the environment says (or 30).
     fps = ATARI_FRAMES_PER_SECOND / config.frame_skip if is_atari(config.env_id) else envs.metadata.get("render_fps") or 30
     pictures: typing.Optional[list] = [] if record else None
     with quiet_pygame(window=watch), contextlib.ExitStack() as cleanup:
         cleanup.callback(envs.close)
+        agent = build_actor_critic(envs.single_observation_space, envs.single_action_space, config)
+        set_precision(agent, config.precision)
+        normalizer = (ObservationNormalizer(envs.single_observation_space.shape, config.observation_clip)
+                      if config.normalize_observations else None)
+        restore(checkpoint, path, agent.to(torch_device).eval(), observation_normalizer=normalizer)
         window = Window(f"ppo.py: {config.env_id}", fps) if watch else None
         if window:
             cleanup.callback(window.close)
@@ -2863,12 +2818,18 @@ def check_window() -> None:
 
 def evaluation_environments(config: Config, pictures: bool) -> gym.vector.VectorEnv:
     """One copy of the environment to evaluate in; where pictures are shown, one that draws
-    them: an Atari game beside its screen copy, any other made with render_mode rgb_array."""
+    them: an Atari game beside its screen copy, any other made with render_mode rgb_array
+    where it has that mode (a user's own environment may draw no pictures)."""
     if not pictures:
         return make_environments(config, 1)
     if is_atari(config.env_id):
         return ScreenBeside(make_environments(config, 1), make_screen_environment(config))
-    check_draws_pictures(config.env_id)
+    probe = gym.make(config.env_id)
+    modes = probe.metadata.get("render_modes") or []
+    probe.close()
+    if "rgb_array" not in modes:
+        raise UserError(f"{config.env_id} draws no pictures (its render_modes are {list(modes)}, without 'rgb_array'), "
+                        "so --record and --watch cannot show it; use --eval alone")
     if is_mujoco(config.env_id) and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["MUJOCO_GL"] = "egl"  # no display: MuJoCo draws off screen through EGL
     return gym.make_vec(config.env_id, num_envs=1, vectorization_mode="sync", render_mode="rgb_array",
@@ -2882,31 +2843,22 @@ def play(agent: ActorCritic, normalizer: typing.Optional[ObservationNormalizer],
     the window and kept in `pictures` where they are given."""
     device = next(agent.parameters()).device
     returns: list[float] = []
-    raw, _ = envs.reset(seed=seed)
-    try:
-        show_and_keep(envs, raw, window, pictures)
-    except Exception as error:  # MuJoCo without an OpenGL it can draw with
-        if not type(error).__module__.startswith("mujoco"):
-            raise
-        raise UserError(f"MuJoCo cannot draw here ({str(error).splitlines()[0]}); set MUJOCO_GL to egl or osmesa, "
-                        "whichever this machine has (MUJOCO_GL=egl python ppo.py ...)") from None
-    episode_return, episode_steps = 0.0, 0
     while len(returns) < episodes:
-        observations = normalizer(raw) if normalizer else raw
-        with torch.inference_mode():
-            actions = deterministic_action(agent, observation_tensor(observations, device)).cpu().numpy()
-        if isinstance(envs.single_action_space, gym.spaces.Box):
-            actions = np.clip(actions, envs.single_action_space.low, envs.single_action_space.high)
-        raw, reward, terminated, truncated, _ = envs.step(actions)
+        raw, _ = envs.reset(seed=None if returns else seed)
         show_and_keep(envs, raw, window, pictures)
-        episode_return += float(reward[0])
-        episode_steps += 1
-        if terminated[0] or truncated[0] or episode_steps == max_episode_steps:
-            returns.append(episode_return)
-            episode_return, episode_steps = 0.0, 0
-            if len(returns) < episodes:
-                raw, _ = envs.reset()
-                show_and_keep(envs, raw, window, pictures)
+        episode_return, episode_steps, ended = 0.0, 0, False
+        while not ended:
+            observations = normalizer(raw) if normalizer else raw
+            with torch.inference_mode():
+                actions = deterministic_action(agent, observation_tensor(observations, device)).cpu().numpy()
+            if isinstance(envs.single_action_space, gym.spaces.Box):
+                actions = np.clip(actions, envs.single_action_space.low, envs.single_action_space.high)
+            raw, reward, terminated, truncated, _ = envs.step(actions)
+            show_and_keep(envs, raw, window, pictures)
+            episode_return += float(reward[0])
+            episode_steps += 1
+            ended = terminated[0] or truncated[0] or episode_steps == max_episode_steps
+        returns.append(episode_return)
     return returns
 
 
@@ -2937,13 +2889,12 @@ def build_parser() -> argparse.ArgumentParser:
     documentation, its default, and the value each preset sets where one does."""
     parser = OneLineParser(
         description="Train, resume or evaluate PPO. Flags left out take the preset's value "
-                    "(CartPole, Pendulum, Pong) or the generic default shown.",
+                    f"({', '.join(PRESETS)}) or the generic default shown.",
         argument_default=argparse.SUPPRESS)
     hints = typing.get_type_hints(Config, globalns=globals())
     groups: dict = {}  # family -> its argument group, in the order of Config's fields
     for item in dataclasses.fields(Config):
-        name, kind = item.name, hints[item.name]
-        family = item.metadata["family"]
+        name, kind, family = item.name, hints[item.name], item.metadata["family"]
         if family not in groups:
             groups[family] = parser.add_argument_group(family)
         presets = [f"{preset} {shown(settings[name])}" for preset, (_, settings) in PRESETS.items() if name in settings]
@@ -2954,14 +2905,10 @@ def build_parser() -> argparse.ArgumentParser:
             options["action"] = argparse.BooleanOptionalAction
         elif kind == typing.Tuple[int, ...]:
             options.update(type=int, nargs="+", metavar="WIDTH")
-        elif kind == typing.Optional[float]:
-            options["type"] = optional_float
-        elif kind == typing.Optional[str]:
-            options["type"] = str
         elif typing.get_origin(kind) is typing.Literal:
             options["choices"] = typing.get_args(kind)
         else:
-            options["type"] = kind
+            options["type"] = {typing.Optional[float]: optional_float, typing.Optional[str]: str}.get(kind, kind)
         groups[family].add_argument(flag_name(name), **options)
     actions = parser.add_argument_group("other actions")
     actions.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
@@ -3072,12 +3019,8 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
         if (record or max_episode_steps) and not (eval_path or watch_path):
             raise UserError("--record and --max-episode-steps go with --eval or --watch CHECKPOINT")
         if eval_path or watch_path:
-            try:
-                mean, std = evaluate(eval_path or watch_path, episodes, watch=bool(watch_path), device=arguments.get("device"),
-                                     record=record, max_episode_steps=max_episode_steps)
-            except KeyboardInterrupt:
-                print("evaluation stopped", file=sys.stderr)
-                return 130
+            mean, std = evaluate(eval_path or watch_path, episodes, watch=bool(watch_path), device=arguments.get("device"),
+                                 record=record, max_episode_steps=max_episode_steps)
             print(f"return over {episodes} episodes: {mean:.2f} +/- {std:.2f}")
             if record:
                 print(f"recorded to {record}")
@@ -3097,14 +3040,13 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
         if speaks_for(error):  # under torchrun, every rank stops with the error; the rank that found it says it
             print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UserError) else 1
-    except StoppedOnAnotherRank:  # that rank prints its traceback
-        return 1
-    except RuntimeError as error:
-        if not lost_another_rank(error):
+    except (StoppedOnAnotherRank, RuntimeError) as error:  # where another rank stopped, that rank prints its traceback
+        if not (isinstance(error, StoppedOnAnotherRank) or lost_another_rank(error)):
             raise
         return 1
     except KeyboardInterrupt:
-        print("stopped without saving; the last periodic checkpoint is kept", file=sys.stderr)
+        print("evaluation stopped" if eval_path or watch_path else
+              "stopped without saving; the last periodic checkpoint is kept", file=sys.stderr)
         return 130
     return 128 + metrics["signal"] if metrics["status"] == "interrupted" else 0
 
