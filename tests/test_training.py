@@ -101,6 +101,19 @@ def test_learn_is_the_loop_that_ppo_runs(tmp_path, monkeypatch):
         assert float(row["mean_return"]) == float(np.mean(recent)) if recent else row["mean_return"] == "nan"
 
 
+def test_each_iterations_line_shows_the_time_elapsed_and_the_time_left(tmp_path, capsys, monkeypatch):
+    """elapsed<left as tqdm shows it, left at the pace of the iterations so far: on a clock that
+    advances 10 s an iteration, iteration 2 of 8 has taken 20 s and has 60 s left."""
+    ticks = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(ppo.time, "time", lambda: float(next(ticks)))
+    config = short_cartpole(tmp_path)  # 8 iterations
+    ppo.ppo(config)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("iter")]
+    assert len(lines) == config.num_iterations == 8
+    assert " | 0:20<1:00 | " in lines[1] and " | 1:20<0:00 | " in lines[7], lines
+    assert [ppo.clock(seconds) for seconds in (0, 75, 3725)] == ["0:00", "1:15", "1:02:05"]
+
+
 def test_metrics_are_means_over_the_iteration_and_the_csv_has_a_row_per_iteration(tmp_path):
     config = short_cartpole(tmp_path)
     metrics = ppo.ppo(config)
