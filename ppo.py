@@ -74,12 +74,11 @@ from torch import nn
 # ---------------------------------------------------------------------------------------
 # 1. The training loop
 # ---------------------------------------------------------------------------------------
-# PPO [Algorithm 1]:
-#     for iteration = 1, 2, ...
-#         run the policy pi_theta_old in N environments for T steps      (section 2)
-#         compute the advantage estimates A_1, ..., A_T                    (section 3)
-#         optimize the surrogate L wrt theta, K epochs of minibatches     (sections 4, 5)
-#         theta_old <- theta
+# PPO [Algorithm 1], repeated for iteration = 1, 2, ...:
+#     run the policy pi_theta_old in N environments for T steps      (section 2)
+#     compute the advantage estimates A_1, ..., A_T                    (section 3)
+#     optimize the surrogate L wrt theta, K epochs of minibatches     (sections 4, 5)
+#     theta_old <- theta
 
 
 def learn(config: Config) -> typing.Iterator[dict]:
@@ -1764,8 +1763,8 @@ def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float
 # ---------------------------------------------------------------------------------------
 # 14. The run folder and its lock
 # ---------------------------------------------------------------------------------------
-# A run's folder is its own: new, empty, or that of the checkpoint.pt it resumes, and held
-# for the run's life with an exclusive flock on its run.lock, which the kernel releases
+# A run's folder is its own: new, empty, or that of the checkpoint.pt it resumes, and held,
+# as long as the run lives, with an exclusive flock on its run.lock, which the kernel releases
 # however the process ends (no stale lock to clean up), so that no other process writes into
 # it. The holder writes its name into run.lock, for the line that refuses a second run. The
 # folder's problems are named as its own, each in one line.

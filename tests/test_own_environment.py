@@ -18,8 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def readme_example(env_id="Corridor-v0"):
-    """The module README.md shows (corridor.py), registering env_id: what the docs say is what runs."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as file:
+    """The module docs/own-environment.md shows (corridor.py), registering env_id: what the docs say is what runs."""
+    with open(os.path.join(ROOT, "docs", "own-environment.md"), encoding="utf-8") as file:
         example = re.search(r"```python\n(# corridor\.py.*?)```", file.read(), re.DOTALL).group(1)
     assert 'gym.register(id="Corridor-v0"' in example
     return example.replace('id="Corridor-v0"', f'id="{env_id}"')
@@ -94,7 +94,7 @@ def test_an_environment_that_fails_when_made_is_one_line(module_in_working_direc
 
 @pytest.mark.long
 def test_python_ppo_py_trains_a_module_of_the_working_directory_and_its_checkpoint_evaluates_and_resumes(tmp_path):
-    """As README.md says it: corridor.py in the folder the commands run in, ppo.py elsewhere."""
+    """As docs/own-environment.md says it: corridor.py in the folder the commands run in, ppo.py elsewhere."""
     (tmp_path / "corridor.py").write_text(readme_example())
     ppo_py = os.path.join(ROOT, "ppo.py")
     def command(*arguments, cwd=tmp_path):
