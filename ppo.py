@@ -1362,15 +1362,20 @@ def single_spaces(config: Config) -> tuple[gym.Space, gym.Space]:
         try:
             envs = make_environments(config, 1)
         except Exception as error:  # a user's own environment (module:EnvId) may fail in its constructor
-            cause = (str(error).splitlines() or [""])[0]
-            raise UserError(f"{config.env_id} cannot be made here ({type(error).__name__}: {cause}); "
-                            "fix the environment or choose another --env") from None
+            raise cannot_be_made(config.env_id, error) from None
         spaces, mode = (envs.single_observation_space, envs.single_action_space), envs.metadata.get("autoreset_mode")
         envs.close()
         if mode != gym.vector.AutoresetMode.NEXT_STEP:
             raise UserError(f"{config.env_id}'s vector environment resets in {mode} mode; ppo.py needs NEXT_STEP")
     check_spaces(*spaces, config)
     return spaces
+
+
+def cannot_be_made(env_id: str, error: Exception) -> UserError:
+    """The one line for an environment whose making failed (a user's own may fail in its constructor)."""
+    cause = (str(error).splitlines() or [""])[0]
+    return UserError(f"{env_id} cannot be made here ({type(error).__name__}: {cause}); "
+                     "fix the environment or choose another --env")
 
 
 def memory_needed(config: Config, observation_space: gym.Space, action_space: gym.Space) -> int:
@@ -2979,7 +2984,7 @@ def make_config(env: str = DEFAULT_ENV, **overrides) -> Config:
             try:
                 probe = gym.make(env)
             except Exception as error:  # also a user's own environment (module:EnvId) that fails in its constructor
-                raise UserError(f"{env} cannot be made here: {(str(error).splitlines() or [''])[0]}") from None
+                raise cannot_be_made(env, error) from None
             probe.close()
             defaults = CONTINUOUS_DEFAULTS if isinstance(probe.action_space, gym.spaces.Box) else {}
     try:
