@@ -691,83 +691,95 @@ class Config:
     papers. The defaults are generic; a preset's values come from `make_config` (section 19),
     so a Config names its environment: make_config("CartPole") is the CartPole preset."""
 
-    env: str = option(dataclasses.MISSING, "gymnasium environment id (Acrobot-v1, ALE/Breakout-v5), "
-                      "module:EnvId for one that a module of yours registers, or a preset: CartPole, Pendulum, Pong",
+    env: str = option(dataclasses.MISSING, "gymnasium environment id (Acrobot-v1, ALE/Breakout-v5), module:EnvId for "
+                      "one that a module of yours registers, or a preset: CartPole, Pendulum, Pong",
                       fixed_on_resume=True, family="what and where")
     seed: int = option(1, "seed of the environments, network initialization and sampling",
                        within="[0, 4294967295]", learning=False, family="what and where")
     device: str = option("cpu", "torch device: cpu, cuda, cuda:1", learning=False, family="what and where")
-    run_dir: typing.Optional[str] = option(None, "folder for config.json, metrics.csv and checkpoint.pt, "
-                                           "new or empty; none: runs/<env>-<seed>-<time>", learning=False, family="what and where")
+    run_dir: typing.Optional[str] = option(None, "folder for config.json, metrics.csv and checkpoint.pt, new or empty; "
+                                           "none: runs/<env>-<seed>-<time>", learning=False, family="what and where")
     torch_threads: int = option(0, "CPU threads for torch (0: torch's default); 1 is fastest for small mlps",
                                 within=">= 0", learning=False, family="what and where")
     env_threads: int = option(0, "Atari: threads of the C++ vector environment (0: ale-py's default)",
                               within=">= 0", learning=False, family="what and where")
-    total_steps: int = option(500_000, "N * T slots to train for (autoreset steps included, so the logged "
-                              "step count of real transitions is a little lower)", within="> 0", family="how much data")
-    num_envs: int = option(4, "N, parallel environments; typically 1 to 64", within="> 0", fixed_on_resume=True, family="how much data")
-    num_steps: int = option(128, "T, rollout length per environment per iteration, at least 2; "
-                            "typically 16 to 2048", within="> 0", fixed_on_resume=True, family="how much data")
+    total_steps: int = option(500_000, "N * T slots to train for (autoreset steps included, so the logged step count "
+                              "of real transitions is a little lower)", within="> 0", family="how much data")
+    num_envs: int = option(4, "N, parallel environments; typically 1 to 64",
+                           within="> 0", fixed_on_resume=True, family="how much data")
+    num_steps: int = option(128, "T, rollout length per environment per iteration, at least 2; typically 16 to 2048",
+                            within="> 0", fixed_on_resume=True, family="how much data")
     update_epochs: int = option(4, "K, passes over each rollout; typically 3 to 30", within="> 0", family="the update")
-    num_minibatches: int = option(4, "minibatches per epoch; num_envs * num_steps must split into minibatches "
-                                  "of at least 8 steps", within="> 0", family="the update")
-    learning_rate: float = option(2.5e-4, "Adam step size alpha, at most 1; typically 1e-4 to 3e-3", within="> 0", family="the update")
+    num_minibatches: int = option(4, "minibatches per epoch; num_envs * num_steps must split into minibatches of at "
+                                  "least 8 steps", within="> 0", family="the update")
+    learning_rate: float = option(2.5e-4, "Adam step size alpha, at most 1; typically 1e-4 to 3e-3",
+                                  within="> 0", family="the update")
     anneal_lr: bool = option(True, "decay the learning rate linearly to 0 over the run; a resume with more "
                              "--total-steps decays it from where it was to 0 at the new end", family="the update")
-    max_grad_norm: float = option(0.5, "clip the global gradient norm to this; typically 0.5", within="> 0", family="the update")
-    target_kl: typing.Optional[float] = option(None, "end an iteration's whole update once approx KL exceeds "
-                                               "this (none: never); typically 0.01 to 0.05", within="> 0", family="the update")
-    objective: typing.Literal["clip", "kl-penalty"] = option("clip", "the surrogate objective: clip (PPO "
-                                                             "eq. 7) or kl-penalty (the adaptive KL penalty, PPO eq. 8)", family="the objective")
-    clip_coef: float = option(0.2, "epsilon, clip range of the probability ratio; typically 0.1 to 0.3; "
-                              "not annealed (clip objective)", within="(0, 1)", family="the objective")
+    max_grad_norm: float = option(0.5, "clip the global gradient norm to this; typically 0.5",
+                                  within="> 0", family="the update")
+    target_kl: typing.Optional[float] = option(None, "end an iteration's whole update once approx KL exceeds this "
+                                               "(none: never); typically 0.01 to 0.05",
+                                               within="> 0", family="the update")
+    objective: typing.Literal["clip", "kl-penalty"] = option(
+        "clip", "the surrogate objective: clip (PPO eq. 7) or kl-penalty (the adaptive KL penalty, PPO eq. 8)",
+        family="the objective")
+    clip_coef: float = option(0.2, "epsilon, clip range of the probability ratio; typically 0.1 to 0.3; not annealed "
+                              "(clip objective)", within="(0, 1)", family="the objective")
     kl_coef: float = option(1.0, "beta, the initial weight of the KL penalty, adapted after every iteration "
                             "(kl-penalty objective)", within="> 0", family="the objective")
-    kl_penalty_target: float = option(0.01, "d_targ, the KL per iteration the penalty's beta is adapted "
-                                      "towards (kl-penalty objective); typically 0.003 to 0.03", within="> 0", family="the objective")
-    ent_coef: float = option(0.01, "c2, weight of the entropy bonus; typically 0 to 0.03", within=">= 0", family="the objective")
-    vf_coef: float = option(0.5, "weight of the value loss (V - R)^2 / 2, so the paper's c1 is vf_coef / 2; "
-                            "typically 0.5 to 1", within="> 0", family="the objective")
-    gamma: float = option(0.99, "gamma, discount factor; typically 0.9 to 0.999", within="(0, 1]", family="the objective")
-    gae_lambda: float = option(0.95, "lambda of GAE; 1 is Monte Carlo, towards 0 one-step TD; typically "
-                               "0.8 to 0.99", within="(0, 1]", family="the objective")
-    normalize_advantages: bool = option(True, "normalize advantages to zero mean, unit std per minibatch", family="the objective")
-    advantage_std_floor: float = option(0.0, "with normalize_advantages, divide by at least this std, so "
-                                        "that advantages that are all noise (near-constant returns) are not scaled up; 0: "
+    kl_penalty_target: float = option(0.01, "d_targ, the KL per iteration the penalty's beta is adapted towards "
+                                      "(kl-penalty objective); typically 0.003 to 0.03",
+                                      within="> 0", family="the objective")
+    ent_coef: float = option(0.01, "c2, weight of the entropy bonus; typically 0 to 0.03",
+                             within=">= 0", family="the objective")
+    vf_coef: float = option(0.5, "weight of the value loss (V - R)^2 / 2, so the paper's c1 is vf_coef / 2; typically "
+                            "0.5 to 1", within="> 0", family="the objective")
+    gamma: float = option(0.99, "gamma, discount factor; typically 0.9 to 0.999",
+                          within="(0, 1]", family="the objective")
+    gae_lambda: float = option(0.95, "lambda of GAE; 1 is Monte Carlo, towards 0 one-step TD; typically 0.8 to 0.99",
+                               within="(0, 1]", family="the objective")
+    normalize_advantages: bool = option(True, "normalize advantages to zero mean, unit std per minibatch",
+                                        family="the objective")
+    advantage_std_floor: float = option(0.0, "with normalize_advantages, divide by at least this std, so that "
+                                        "advantages that are all noise (near-constant returns) are not scaled up; 0: "
                                         "by the std itself", within=">= 0", family="the objective")
     hidden_sizes: typing.Tuple[int, ...] = option((64, 64), "widths of the hidden layers of the mlp actor and critic",
                                                   fixed_on_resume=True, family="networks")
-    activation: typing.Literal["tanh", "relu"] = option("tanh", "activation of the mlp: tanh or relu",
-                                                        fixed_on_resume=True, family="networks")
-    cnn: typing.Literal["nature", "small"] = option("nature", "convolutional network for image observations: "
-                                                    "nature (32-64-64 conv, 512 linear) or small (16-32 conv, 256 linear)",
+    activation: typing.Literal["tanh", "relu"] = option(
+        "tanh", "activation of the mlp: tanh or relu", fixed_on_resume=True, family="networks")
+    cnn: typing.Literal["nature", "small"] = option("nature", "convolutional network for image observations: nature "
+                                                    "(32-64-64 conv, 512 linear) or small (16-32 conv, 256 linear)",
                                                     fixed_on_resume=True, family="networks")
-    precision: typing.Literal["float32", "bfloat16"] = option("float32", "number format of the cnn (image "
-                                                              "observations): float32, or bfloat16 through torch.autocast, "
-                                                              "faster where the CPU or GPU has bf16 units and much slower on "
-                                                              "a CPU without AVX-512; weights, heads and losses stay float32", family="networks")
-    log_std_init: float = option(0.0, "initial log standard deviation of the Gaussian actor (continuous "
-                                 "actions); typically -1 to 0", within="[-10, 2]", family="networks")
+    precision: typing.Literal["float32", "bfloat16"] = option(
+        "float32", "number format of the cnn (image observations): float32, or bfloat16 through torch.autocast, faster "
+        "where the CPU or GPU has bf16 units and much slower on a CPU without AVX-512; weights, heads and losses stay "
+        "float32", family="networks")
+    log_std_init: float = option(0.0, "initial log standard deviation of the Gaussian actor (continuous actions); "
+                                 "typically -1 to 0", within="[-10, 2]", family="networks")
     normalize_observations: bool = option(False, "normalize observations by a running mean and std",
                                           fixed_on_resume=True, family="continuous control")
-    observation_clip: float = option(10.0, "clip normalized observations to [-c, c]", within="> 0", family="continuous control")
+    observation_clip: float = option(10.0, "clip normalized observations to [-c, c]",
+                                     within="> 0", family="continuous control")
     scale_rewards: bool = option(False, "divide rewards by a running std of the discounted return",
                                  fixed_on_resume=True, family="continuous control")
-    clip_rewards: bool = option(False, "train on the sign of each reward; episode returns are still logged "
-                                "unclipped", family="Atari")
-    frame_skip: int = option(4, "emulator frames per agent step (the last two are max-pooled)", within="> 0", family="Atari")
+    clip_rewards: bool = option(False, "train on the sign of each reward; episode returns are still logged unclipped",
+                                family="Atari")
+    frame_skip: int = option(4, "emulator frames per agent step (the last two are max-pooled)",
+                             within="> 0", family="Atari")
     frame_size: int = option(84, "height and width of the grayscale frames the networks see; 84 as in Mnih et al. "
-                             "(2015), 42 has a quarter of the pixels", within="> 0", fixed_on_resume=True, family="Atari")
-    repeat_action_probability: float = option(0.0, "sticky-action probability; 0 as in the PPO paper, 0.25 in the "
-                                              "ALE v5 protocol", within="[0, 1)", family="Atari")
-    target_return: typing.Optional[float] = option(None, "stop once the mean return of the last "
-                                                   "return_window episodes reaches this (none: never)", family="stopping and logging")
+                             "(2015), 42 has a quarter of the pixels",
+                             within="> 0", fixed_on_resume=True, family="Atari")
+    repeat_action_probability: float = option(0.0, "sticky-action probability; 0 as in the PPO paper, 0.25 in the ALE "
+                                              "v5 protocol", within="[0, 1)", family="Atari")
+    target_return: typing.Optional[float] = option(None, "stop once the mean return of the last return_window episodes "
+                                                   "reaches this (none: never)", family="stopping and logging")
     return_window: int = option(100, "episodes in the running mean of the return that is logged",
                                 within="> 0", family="stopping and logging")
     save_every: int = option(50, "write a checkpoint every this many iterations, and at the end",
                              within="> 0", learning=False, family="stopping and logging")
-    tensorboard: bool = option(False, "also write TensorBoard scalars to the run folder (needs the "
-                               "tensorboard package)", learning=False, family="stopping and logging")
+    tensorboard: bool = option(False, "also write TensorBoard scalars to the run folder (needs the tensorboard "
+                               "package)", learning=False, family="stopping and logging")
 
     def __post_init__(self):
         check_config(self)  # section 12: a Config is valid once made, whether from flags, a preset or a checkpoint
@@ -1473,7 +1485,8 @@ def environment_state(envs: gym.vector.VectorEnv) -> typing.Optional[dict]:
     unwrapped = envs.unwrapped
     if not isinstance(unwrapped, SAVABLE_ENVIRONMENTS):
         return None
-    arrays = {name: torch.from_numpy(value.copy()) for name, value in vars(unwrapped).items() if isinstance(value, np.ndarray)}
+    arrays = {name: torch.from_numpy(value.copy()) for name, value in vars(unwrapped).items()
+              if isinstance(value, np.ndarray)}
     return {"arrays": arrays, "rng": unwrapped.np_random.bit_generator.state}
 
 
@@ -1482,20 +1495,21 @@ def statistics_state(statistics: RunningMeanStd) -> dict:
 
 
 def load_statistics(statistics: RunningMeanStd, state: dict) -> None:
-    statistics.mean, statistics.var, statistics.count = state["mean"].numpy().copy(), state["var"].numpy().copy(), state["count"]
+    statistics.mean, statistics.var = state["mean"].numpy().copy(), state["var"].numpy().copy()
+    statistics.count = state["count"]
 
 
 def runner_state(runner: Runner, recent_returns: typing.Sequence[float]) -> dict:
     """What a resumed Runner needs: normalizers and, where the environment can be saved, the
     episodes in progress; beside them the run's recent returns (every rank holds the same)."""
-    scaler = runner.reward_scaler
+    normalizer, scaler = runner.observation_normalizer, runner.reward_scaler
     return {
         "environment": environment_state(runner.envs),
         "raw_observations": torch.from_numpy(np.array(runner.raw_observations)),
         "episode_returns": torch.from_numpy(runner.returns_so_far.copy()),
         "autoreset": torch.from_numpy(runner.autoreset.copy()),
         "recent_returns": list(recent_returns),
-        "observation_normalizer": statistics_state(runner.observation_normalizer.statistics) if runner.observation_normalizer else None,
+        "observation_normalizer": statistics_state(normalizer.statistics) if normalizer else None,
         "reward_scaler": {"statistics": statistics_state(scaler.statistics),
                           "discounted_returns": torch.from_numpy(scaler.discounted_returns.copy())} if scaler else None,
     }
@@ -1551,7 +1565,8 @@ def as_flag(name: str, value) -> str:
 
 
 def checkpoint_state(learner: Learner, config: Config, iteration: int, global_step: int,
-                     recent_returns: typing.Sequence[float], schedule_start: tuple[int, float], device: torch.device) -> dict:
+                     recent_returns: typing.Sequence[float], schedule_start: tuple[int, float],
+                     device: torch.device) -> dict:
     """A dict of state dicts and plain values, every tensor on the CPU: loadable with
     torch.load(path, weights_only=True) on any machine, never a pickled module. Called on
     every rank: rank 0's runner and random state go to "runner" and "rng", those of ranks
@@ -1623,8 +1638,8 @@ def load_checkpoint(path: str) -> dict:
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: check the path (runs write runs/<env>-<seed>-<time>/checkpoint.pt)")
     try:
-        with open(path, "rb") as file, warnings.catch_warnings():  # a pickle that is not a checkpoint can warn before it fails
-            warnings.simplefilter("ignore")
+        with open(path, "rb") as file, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a pickle that is not a checkpoint can warn before it fails
             stamp = checkpoint_stamp(file.fileno())  # of the file read, even if another replaces it meanwhile
             checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -1634,14 +1649,16 @@ def load_checkpoint(path: str) -> dict:
         raise UserError(f"{path} is not a ppo.py checkpoint; use one written by ppo.py")
     if checkpoint["format"] not in (2, CHECKPOINT_FORMAT):
         newer = "a newer" if checkpoint["format"] > CHECKPOINT_FORMAT else "an older"
-        raise UserError(f"{path} is a checkpoint of format {checkpoint['format']}, written by {newer} ppo.py; this one reads "
-                        f"formats 2 and {CHECKPOINT_FORMAT}: use the ppo.py that wrote it, or start a new run")
+        raise UserError(f"{path} is a checkpoint of format {checkpoint['format']}, written by {newer} ppo.py; "
+                        f"this one reads formats 2 and {CHECKPOINT_FORMAT}: use the ppo.py that wrote it, "
+                        "or start a new run")
     if checkpoint["format"] == 2:  # written before torchrun: by one process
         checkpoint["other_ranks"] = []
     try:
         checkpoint["config"] = config_from_dict(checkpoint["config"])
     except (KeyError, TypeError, ValueError) as error:
-        raise UserError(f"{path} holds a config this ppo.py does not know ({error}); use a checkpoint written by this version") from None
+        raise UserError(f"{path} holds a config this ppo.py does not know ({error}); "
+                        "use a checkpoint written by this version") from None
     except UserError as error:
         raise UserError(f"{path} holds an invalid config: {error}") from None
     check_checkpoint_entries(checkpoint, path)
@@ -1676,7 +1693,8 @@ def check_checkpoint_entries(checkpoint: dict, path: str) -> None:
         raise UserError(f"{path} has a damaged 'other_ranks' entry; use another checkpoint of the run")
     missing = [name for state in ranks for name in RUNNER_ENTRIES if name not in state["runner"]]
     if missing or checkpoint["iteration"] < 0 or checkpoint["global_step"] < 0:
-        raise UserError(f"{path} has a damaged {'runner' if missing else 'iteration'!r} entry; use another checkpoint of the run")
+        raise UserError(f"{path} has a damaged {'runner' if missing else 'iteration'!r} entry; "
+                        "use another checkpoint of the run")
     schedule = checkpoint["schedule_start"]
     if not (is_of_type(schedule.get("iteration"), int) and is_of_type(schedule.get("learning_rate"), float)
             and 0 <= schedule["iteration"] <= checkpoint["iteration"] and schedule["learning_rate"] >= 0
@@ -1705,7 +1723,8 @@ def check_compatible(checkpoint: dict, config: Config, path: str) -> None:
 
 
 @checked_on_every_rank()  # each rank restores its own runner and random state: a damaged one stops every rank
-def restore(checkpoint: dict, path: str, agent: nn.Module, observation_normalizer: typing.Optional[ObservationNormalizer] = None,
+def restore(checkpoint: dict, path: str, agent: nn.Module,
+            observation_normalizer: typing.Optional[ObservationNormalizer] = None,
             learner: typing.Optional[Learner] = None, config: typing.Optional[Config] = None,
             device: typing.Optional[torch.device] = None) -> list[float]:
     """Restore what `load_checkpoint` read and checked: the networks into `agent`; for --eval,
@@ -1731,7 +1750,8 @@ def restore(checkpoint: dict, path: str, agent: nn.Module, observation_normalize
                     raise ValueError(f"{moment} of shape {tuple(learner.optimizer.state[weight][moment].shape)}")
         part = "runner" if rank() == 0 else "other_ranks"  # where this rank's runner and random state are kept
         own = [checkpoint, *checkpoint["other_ranks"]][rank()]
-        restore_runner(learner.runner, own["runner"], reset_seed=config.seed + checkpoint["global_step"] + rank() * learner.envs.num_envs)
+        reset_seed = config.seed + checkpoint["global_step"] + rank() * learner.envs.num_envs
+        restore_runner(learner.runner, own["runner"], reset_seed)
         if not all(is_of_type(value, float) for value in own["runner"]["recent_returns"]):
             raise ValueError("recent_returns that are not numbers")
         part = "rng" if rank() == 0 else part
@@ -1760,7 +1780,8 @@ def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float
         rate = annealed_learning_rate(saved_config, checkpoint["iteration"], start)
         if config.anneal_lr and rate == 0 and checkpoint["iteration"] < config.num_iterations:
             raise UserError(f"this run's learning rate had decayed to 0 when it was saved, so more --total-steps "
-                            f"alone would not train; also give a --learning-rate (it began at {saved_config.learning_rate:g})")
+                            "alone would not train; also give a --learning-rate "
+                            f"(it began at {saved_config.learning_rate:g})")
         return checkpoint["iteration"], rate
     return start
 
@@ -1808,7 +1829,8 @@ def claim_run_dir(config: Config, resume: typing.Optional[str]) -> tuple[str, bo
     created = not config.run_dir and not resume
     run_dir = make_default_run_dir(config) if created else config.run_dir or own
     its_own = own is not None and os.path.realpath(run_dir) == os.path.realpath(own)
-    fix = f"resume it into a new folder with --resume {resume} --run-dir NEW_FOLDER" if its_own else "choose another --run-dir"
+    fix = (f"resume it into a new folder with --resume {resume} --run-dir NEW_FOLDER" if its_own
+           else "choose another --run-dir")
     if not created and not its_own:
         if os.path.islink(run_dir) and not os.path.exists(run_dir):
             raise UserError(f"--run-dir {run_dir} is a symbolic link to {os.readlink(run_dir)}, which does not exist; "
@@ -1845,8 +1867,8 @@ def check_new_or_empty(run_dir: str) -> None:
     if not os.path.isdir(run_dir):
         raise UserError(f"--run-dir {run_dir} is a file, not a folder; choose another --run-dir")
     if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
-        raise UserError(f"{run_dir} already holds a run; continue it with --resume {os.path.join(run_dir, 'checkpoint.pt')}, "
-                        "or choose another --run-dir")
+        raise UserError(f"{run_dir} already holds a run; continue it with "
+                        f"--resume {os.path.join(run_dir, 'checkpoint.pt')}, or choose another --run-dir")
     if set(os.listdir(run_dir)) - {RUN_LOCK}:
         raise UserError(f"{run_dir} is not empty, and a run writes only into a new or empty folder (or its own); "
                         "choose another --run-dir")
@@ -1882,7 +1904,8 @@ def unwritable(run_dir: str, error: OSError) -> RunFolderUnwritable:
     import errno
 
     checkpoint = os.path.join(run_dir, "checkpoint.pt")
-    kept = f"the last checkpoint, {checkpoint}, is intact" if os.path.exists(checkpoint) else "no checkpoint had been written yet"
+    kept = (f"the last checkpoint, {checkpoint}, is intact" if os.path.exists(checkpoint)
+            else "no checkpoint had been written yet")
     space = "free some space or " if error.errno in (errno.ENOSPC, errno.EDQUOT) else ""
     return RunFolderUnwritable(f"cannot write {error.filename or run_dir} ({error.strerror}); {kept}; "
                                f"{space}choose another --run-dir")
@@ -1915,7 +1938,8 @@ def hold_run_dir(run_dir: str, fix: str = "choose another --run-dir") -> typing.
     try:
         import fcntl  # noqa: F401  (only to know whether flock exists here)
     except ImportError:
-        say(f"note: this system has no flock, so nothing keeps a second run out of {run_dir}; give each run its own --run-dir")
+        say(f"note: this system has no flock, so nothing keeps a second run out of {run_dir}; "
+            "give each run its own --run-dir")
         return None
     for _ in range(10):
         try:
@@ -1929,8 +1953,8 @@ def hold_run_dir(run_dir: str, fix: str = "choose another --run-dir") -> typing.
             holder = lock_or_holder(hold)
         except OSError as error:
             hold.close()
-            say(f"note: the file system of {run_dir} cannot lock files ({error.strerror}), so nothing keeps a second run "
-                "out of it; give each run its own --run-dir")
+            say(f"note: the file system of {run_dir} cannot lock files ({error.strerror}), so nothing keeps a "
+                "second run out of it; give each run its own --run-dir")
             return None
         if holder is not None:
             hold.close()
@@ -1991,7 +2015,7 @@ def refuse_if_held(run_dir: str) -> None:
         with open(os.path.join(run_dir, RUN_LOCK), "rb", opener=open_without_following) as probe:
             holder = lock_or_holder(probe, exclusive=False)
     except (ImportError, OSError):
-        return  # no lock file, or none to lock: no run holds the folder, and the checks after this say what else is wrong
+        return  # no lock file, or none to lock: no run holds the folder; the checks after this say what is wrong
     if holder is not None:
         raise UserError(IN_USE.format(run_dir, holder))
 
@@ -2062,7 +2086,8 @@ class RunFolder:
             if self.config.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tensorboard = SummaryWriter(self.run_dir)
-            write_run_file(os.path.join(self.run_dir, "config.json"), json.dumps(dataclasses.asdict(self.config), indent=2))
+            config_text = json.dumps(dataclasses.asdict(self.config), indent=2)
+            write_run_file(os.path.join(self.run_dir, "config.json"), config_text)
         except (UnicodeDecodeError, csv.Error):
             raise UserError(f"{path} is not a metrics file that ppo.py wrote; move it out of the run folder") from None
         except OSError as error:
@@ -2096,7 +2121,8 @@ class RunFolder:
     def divergence_error(self, iteration: int, what: str) -> TrainingDiverged:
         advice = "lower --learning-rate or --max-grad-norm"
         kept = (f"the last good checkpoint, {self.checkpoint_path}, is kept: resume from it with a {advice}"
-                if os.path.exists(self.checkpoint_path) else f"no checkpoint had been written yet; start again with a {advice}")
+                if os.path.exists(self.checkpoint_path)
+                else f"no checkpoint had been written yet; start again with a {advice}")
         return TrainingDiverged(f"iteration {iteration}: {what}; {kept}")
 
     def close(self) -> None:
@@ -2133,7 +2159,8 @@ def read_metrics(run_dir: str) -> dict[str, np.ndarray]:
     empty cell is NaN), with the wall seconds counted over all the launches of the run."""
     path = os.path.join(run_dir, "metrics.csv")
     if not os.path.isfile(path):
-        raise UserError(f"{run_dir} holds no metrics.csv, so it is not a run folder; give folders that runs wrote (runs/<env>-<seed>-<time>)")
+        raise UserError(f"{run_dir} holds no metrics.csv, so it is not a run folder; "
+                        "give folders that runs wrote (runs/<env>-<seed>-<time>)")
     try:
         with open(path, newline="") as file:
             rows = list(csv.DictReader(file))
@@ -2154,7 +2181,8 @@ def cumulative_wall_seconds(wall_seconds: np.ndarray) -> np.ndarray:
     return wall_seconds + np.concatenate(([0.0], np.cumsum(launch_ends)))
 
 
-def median_and_range(runs: list[dict[str, np.ndarray]], x_name: str, y_name: str, points: int = 200) -> tuple[np.ndarray, ...]:
+def median_and_range(runs: list[dict[str, np.ndarray]], x_name: str, y_name: str,
+                     points: int = 200) -> tuple[np.ndarray, ...]:
     """x, the median of y and its range (min to max) over the runs. One run is its own curve;
     several (seeds) are interpolated onto a common grid of x, and each point of the grid
     counts the runs that reach it (a run stopped at its target return drops out). Runs of one
@@ -2205,7 +2233,8 @@ def draw_curves(panels: list[tuple[str, str, str, list]], title: str):
 
 def save_picture(figure, path: str, mark: str) -> None:
     """Write a matplotlib figure (of --plot) as a PNG atomically, with `mark` as its Software text."""
-    write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=80, metadata={"Software": mark}))
+    write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=80,
+                                                            metadata={"Software": mark}))
 
 
 def draw_run_curves(table: dict[str, np.ndarray], title: str):
@@ -2332,9 +2361,11 @@ def plot_runs(run_dirs: list[str], output: str) -> None:
     if not output.lower().endswith(".png"):
         raise UserError(f"--plot-output {output}: --plot draws PNG pictures; name the file <name>.png")
     if not os.path.isdir(os.path.dirname(output) or "."):
-        raise UserError(f"--plot-output {output}: the folder {os.path.dirname(output)} does not exist; create it or choose another path")
+        raise UserError(f"--plot-output {output}: the folder {os.path.dirname(output)} does not exist; "
+                        "create it or choose another path")
     if os.path.exists(output) and picture_mark(output) != PLOT_MARK:
-        raise UserError(f"{output} exists and is not a picture that --plot drew, so it is kept; choose another --plot-output")
+        raise UserError(f"{output} exists and is not a picture that --plot drew, so it is kept; "
+                        "choose another --plot-output")
     environments = [PRESETS[values["env"]][0] if values.get("env") in PRESETS else str(values.get("env"))
                     for values in configs]  # a preset's runs and its gymnasium id's are one environment
     panels = []  # the mean return of each environment, its runs grouped by setting
@@ -2381,7 +2412,8 @@ def ppo(config: Config, resume: typing.Optional[str] = None, checkpoint: typing.
             if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
                 raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
             if importlib.util.find_spec("PIL") is None or version_of("pillow") < (10, 1):
-                raise UserError("ppo.py draws each run's learning-curve.png with Pillow 10.1 or newer: pip install -r requirements.txt")
+                raise UserError("ppo.py draws each run's learning-curve.png with Pillow 10.1 or newer: "
+                                "pip install -r requirements.txt")
             check_memory(config, device)
         run_dir, created, hold = on_rank_0(claim_run_dir, config, resume) or (None, False, None)
         run_dir = from_rank_0(run_dir)  # rank 0 holds the folder for the job
@@ -2406,11 +2438,12 @@ def check_not_replaced(resume: typing.Optional[str], checkpoint: typing.Optional
     if not resume or os.path.realpath(os.path.dirname(resume) or ".") != os.path.realpath(run_dir):
         return
     if not os.path.exists(resume) or checkpoint_stamp(resume) != checkpoint["stamp"]:
-        raise UserError(f"{resume} was replaced while this run started, by another run of its folder that has ended since; "
-                        "run the command again to resume from the new one")
+        raise UserError(f"{resume} was replaced while this run started, by another run of its folder that has "
+                        "ended since; run the command again to resume from the new one")
 
 
-def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.Optional[dict], resume: typing.Optional[str]) -> dict:
+def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.Optional[dict],
+        resume: typing.Optional[str]) -> dict:
     """A run's life, in a folder that is its own. Start: memory, the learner (section 9) and
     what a checkpoint restores. Iterate: Part I's `ppo_iteration`, as `learn` does, from the
     iteration the checkpoint reached; each iteration logged, checked for divergence, and saved
@@ -2419,8 +2452,9 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
     keep_freed_memory()
     learner = build_learner(config, device)
     if isinstance(learner.agent.encoder, BFloat16Encoder) and bfloat16_is_slow(device):
-        say(f"note: --precision bfloat16 on a CPU without AVX-512 ({torch.backends.cpu.get_cpu_capability()}) is slow: "
-            "the Pong preset trained 5.8x slower than in float32 on an AVX2 AMD EPYC; --precision float32 is faster here")
+        say(f"note: --precision bfloat16 on a CPU without AVX-512 ({torch.backends.cpu.get_cpu_capability()}) is "
+            "slow: the Pong preset trained 5.8x slower than in float32 on an AVX2 AMD EPYC; --precision float32 is "
+            "faster here")
     folder = RunFolder(run_dir, config)
     recent_returns: deque = deque(maxlen=config.return_window)  # the mean return logged is of these episodes
     iterations_done, global_step, schedule_start = 0, 0, (0, config.learning_rate)
@@ -2432,7 +2466,8 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
     try:
         join_ranks(learner, config.seed, device)  # section 11: nothing to do in one process
         if checkpoint:
-            recent_returns.extend(restore(checkpoint, resume, learner.agent, learner=learner, config=config, device=device))
+            recent_returns.extend(restore(checkpoint, resume, learner.agent, learner=learner, config=config,
+                                          device=device))
             iterations_done, global_step = checkpoint["iteration"], checkpoint["global_step"]
             schedule_start = resumed_schedule_start(checkpoint, config)
         metrics: dict = {"global_step": global_step, "mean_return": float("nan")}
@@ -2469,7 +2504,8 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
         folder.close()
         learner.envs.close()
     say(f"{status}: checkpoint saved to {folder.checkpoint_path}")
-    return {**metrics, "status": status, "signal": stop_signal, "checkpoint": folder.checkpoint_path, "run_dir": run_dir}
+    return {**metrics, "status": status, "signal": stop_signal, "checkpoint": folder.checkpoint_path,
+            "run_dir": run_dir}
 
 
 class Progress:
@@ -2571,7 +2607,8 @@ def what_diverged(learner: Learner, diagnostics: dict) -> typing.Optional[str]:
     old_log_probs = learner.buffer.old_log_probs
     flags = torch.zeros(world_size() + 1, dtype=torch.float64, device=old_log_probs.device)
     flags[rank()] = (~torch.isfinite(old_log_probs)).any().double()  # (W + 1,): this rank's probabilities,
-    flags[-1] = torch.stack([torch.isfinite(weight).all() for weight in learner.agent.parameters()]).all().double()  # weights
+    weights_finite = torch.stack([torch.isfinite(weight).all() for weight in learner.agent.parameters()]).all()
+    flags[-1] = weights_finite.double()  # and the weights
     flags = sum_over_ranks(flags).tolist()
     ranks = [index for index, flag in enumerate(flags[:-1]) if flag > 0]
     if ranks:
@@ -2649,7 +2686,8 @@ def atari_picture(screen: np.ndarray, frames: np.ndarray) -> np.ndarray:
     pixel shows. Returns (420, 864, 3) uint8."""
     from PIL import Image, ImageDraw
 
-    images = FramePreStacking()(torch.as_tensor(frames)[None])[0].numpy()  # (3, 84, 84): position in [0, 1], velocity and acceleration in [-2, 2]
+    # (3, 84, 84): position in [0, 1], velocity and acceleration in [-2, 2]
+    images = FramePreStacking()(torch.as_tensor(frames)[None])[0].numpy()
     gray = [np.repeat(frame[..., None], 3, axis=2) for frame in (*frames, (images[0] * 255).astype(np.uint8))]
     tiles = [*gray, signed_image(images[1]), signed_image(images[2])]  # each (84, 84, 3)
     labels = ("f(t-2)", "f(t-1)", "f(t)", "position", "velocity", "acceleration")
@@ -2715,7 +2753,8 @@ def check_record_path(path: str) -> None:
     if os.path.exists(path):
         raise UserError(f"--record {path} exists, and a recording never replaces a file; choose a new name")
     if not os.path.isdir(os.path.dirname(path) or "."):
-        raise UserError(f"--record {path}: the folder {os.path.dirname(path)} does not exist; create it or choose another path")
+        raise UserError(f"--record {path}: the folder {os.path.dirname(path)} does not exist; "
+                        "create it or choose another path")
 
 
 def frame_milliseconds(fps: float) -> int:
@@ -2734,10 +2773,12 @@ def write_animation(path: str, pictures: list, fps: float) -> None:
         write_atomically(path, lambda temporary: first.save(
             temporary, format="GIF", save_all=True, append_images=rest, duration=frame_milliseconds(fps), loop=0))
     except OSError as error:
-        raise UserError(f"cannot write {path} ({error.strerror}); free some space or choose another --record path") from None
+        raise UserError(f"cannot write {path} ({error.strerror}); "
+                        "free some space or choose another --record path") from None
 
 
-def show_and_keep(envs: gym.vector.VectorEnv, raw: np.ndarray, window: typing.Optional[Window], pictures: typing.Optional[list]) -> None:
+def show_and_keep(envs: gym.vector.VectorEnv, raw: np.ndarray, window: typing.Optional[Window],
+                  pictures: typing.Optional[list]) -> None:
     """Show the picture of now (the rendered frame; Atari's with what the network sees beside
     it) in the window, and keep it for the recording, as asked. A recording keeps Pillow
     images of 256 colors (a third of the memory of RGB), as a GIF holds them."""
@@ -2746,22 +2787,24 @@ def show_and_keep(envs: gym.vector.VectorEnv, raw: np.ndarray, window: typing.Op
     try:
         frame = envs.render()[0]
     except gym.error.DependencyNotInstalled as error:  # classic control draws with pygame
-        raise UserError(f"drawing the environment's frames needs a package that is missing ({error}); pip install -r requirements.txt") from None
+        raise UserError(f"drawing the environment's frames needs a package that is missing ({error}); "
+                        "pip install -r requirements.txt") from None
     except Exception as error:  # MuJoCo without an OpenGL it can draw with
         if not type(error).__module__.startswith("mujoco"):
             raise
         raise UserError(f"MuJoCo cannot draw here ({str(error).splitlines()[0]}); set MUJOCO_GL to egl or osmesa, "
                         "whichever this machine has (MUJOCO_GL=egl python ppo.py ...)") from None
     if frame is None:
-        raise UserError(f"{envs.spec.id if envs.spec else 'this environment'} does not render rgb_array frames, so it cannot "
-                        "be recorded or watched; use --eval to print scores")
+        raise UserError(f"{envs.spec.id if envs.spec else 'this environment'} does not render rgb_array frames, "
+                        "so it cannot be recorded or watched; use --eval to print scores")
     now = atari_picture(frame, raw[0]) if raw.ndim == 4 else frame
     if window:
         window.show(now)
     if pictures is not None:
         from PIL import Image
 
-        pictures.append(Image.fromarray(now).quantize(256, method=Image.Quantize.FASTOCTREE))  # 5x faster than median cut
+        # Fast octree: 5x faster than median cut.
+        pictures.append(Image.fromarray(now).quantize(256, method=Image.Quantize.FASTOCTREE))
 
 
 def deterministic_action(agent: ActorCritic, observations: torch.Tensor) -> torch.Tensor:
@@ -2770,7 +2813,8 @@ def deterministic_action(agent: ActorCritic, observations: torch.Tensor) -> torc
     return actor_output.argmax(dim=-1) if isinstance(agent.actor, CategoricalActor) else actor_output
 
 
-def evaluate(path: str, episodes: int, watch: bool = False, device: typing.Optional[str] = None, record: typing.Optional[str] = None,
+def evaluate(path: str, episodes: int, watch: bool = False, device: typing.Optional[str] = None,
+             record: typing.Optional[str] = None,
              max_episode_steps: typing.Optional[int] = None) -> tuple[float, float]:
     """Run `episodes` episodes with the deterministic policy (argmax or mean action) of a
     checkpoint; normalization statistics are the saved ones and are not updated. `watch`
@@ -2793,7 +2837,8 @@ def evaluate(path: str, episodes: int, watch: bool = False, device: typing.Optio
     single_spaces(config)  # the environment can be made here, and the networks take its spaces
     envs = evaluation_environments(config, pictures=watch or record is not None)
     # Pictures per second: Atari's frames per agent step, else what the environment says (or 30).
-    fps = ATARI_FRAMES_PER_SECOND / config.frame_skip if is_atari(config.env_id) else envs.metadata.get("render_fps") or 30
+    fps = (ATARI_FRAMES_PER_SECOND / config.frame_skip if is_atari(config.env_id)
+           else envs.metadata.get("render_fps") or 30)
     pictures: typing.Optional[list] = [] if record else None
     with quiet_pygame(window=watch), contextlib.ExitStack() as cleanup:
         cleanup.callback(envs.close)
@@ -2840,8 +2885,8 @@ def evaluation_environments(config: Config, pictures: bool) -> gym.vector.Vector
                         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
 
 
-def play(agent: ActorCritic, normalizer: typing.Optional[ObservationNormalizer], envs: gym.vector.VectorEnv, episodes: int,
-         max_episode_steps: typing.Optional[int], seed: int, window: typing.Optional[Window],
+def play(agent: ActorCritic, normalizer: typing.Optional[ObservationNormalizer], envs: gym.vector.VectorEnv,
+         episodes: int, max_episode_steps: typing.Optional[int], seed: int, window: typing.Optional[Window],
          pictures: typing.Optional[list]) -> list[float]:
     """The returns of `episodes` episodes of the agent's deterministic policy, each shown in
     the window and kept in `pictures` where they are given."""
@@ -2916,17 +2961,19 @@ def build_parser() -> argparse.ArgumentParser:
         groups[family].add_argument(flag_name(name), **options)
     actions = parser.add_argument_group("other actions")
     actions.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
-    actions.add_argument("--eval", metavar="PATH", help="print the mean and std of the return of a checkpoint's deterministic policy")
-    actions.add_argument("--watch", metavar="PATH", help="like --eval, showing the episodes in a window (Atari: the screen "
-                         "beside what the network sees)")
-    actions.add_argument("--episodes", type=int, default=None, help="episodes for --eval and --watch (default: 10, or 1 with --record)")
-    actions.add_argument("--record", metavar="FILE", default=None, help="with --eval or --watch: also write the episodes to this "
-                         "new .gif file, as --watch shows them")
-    actions.add_argument("--max-episode-steps", type=int, default=None, metavar="STEPS",
-                         help="with --eval or --watch: end each episode after this many steps (default: at its own end)")
-    actions.add_argument("--plot", nargs="+", metavar="RUN_DIR", default=None, help="draw the learning curves of these run "
-                         "folders in one picture (runs that differ only in the seed as a median and a band; several environments "
-                         "as one return panel each) and print its path")
+    actions.add_argument("--eval", metavar="PATH",
+                         help="print the mean and std of the return of a checkpoint's deterministic policy")
+    actions.add_argument("--watch", metavar="PATH", help="like --eval, showing the episodes in a window (Atari: the "
+                         "screen beside what the network sees)")
+    actions.add_argument("--episodes", type=int, default=None,
+                         help="episodes for --eval and --watch (default: 10, or 1 with --record)")
+    actions.add_argument("--record", metavar="FILE", default=None, help="with --eval or --watch: also write the "
+                         "episodes to this new .gif file, as --watch shows them")
+    actions.add_argument("--max-episode-steps", type=int, default=None, metavar="STEPS", help="with --eval or "
+                         "--watch: end each episode after this many steps (default: at its own end)")
+    actions.add_argument("--plot", nargs="+", metavar="RUN_DIR", default=None, help="draw the learning curves of these "
+                         "run folders in one picture (runs that differ only in the seed as a median and a band; "
+                         "several environments as one return panel each) and print its path")
     actions.add_argument("--plot-output", metavar="FILE", default=None, help="the .png file --plot writes "
                          "(default: learning-curves.png); it replaces only a picture that --plot drew")
     return parser
@@ -2961,7 +3008,8 @@ PRESETS: dict[str, tuple[str, dict]] = {
 }
 # Defaults for an environment that has no preset, chosen from its spaces.
 # Other Atari games take Pong's settings, but the PPO paper's learning rate: 1e-3 was measured on Pong only.
-ATARI_DEFAULTS = {**{key: value for key, value in PRESETS["Pong"][1].items() if key != "return_window"}, "learning_rate": 2.5e-4}
+ATARI_DEFAULTS = {**{key: value for key, value in PRESETS["Pong"][1].items() if key != "return_window"},
+                  "learning_rate": 2.5e-4}
 CONTINUOUS_DEFAULTS = dict(
     total_steps=1_000_000, num_envs=1, num_steps=2048, num_minibatches=32, update_epochs=10,
     learning_rate=3e-4, ent_coef=0.0, normalize_observations=True, scale_rewards=True,
@@ -2999,9 +3047,9 @@ def make_config(env: str = DEFAULT_ENV, **overrides) -> Config:
 def main(argv: typing.Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is a KeyboardInterrupt
     arguments = vars(build_parser().parse_args(argv))
-    resume, eval_path, watch_path = arguments.pop("resume", None), arguments.pop("eval", None), arguments.pop("watch", None)
-    episodes, record, max_episode_steps = arguments.pop("episodes"), arguments.pop("record"), arguments.pop("max_episode_steps")
-    plot_dirs, plot_output = arguments.pop("plot"), arguments.pop("plot_output")
+    resume, eval_path, watch_path = (arguments.pop(name, None) for name in ("resume", "eval", "watch"))
+    episodes, record, max_episode_steps, plot_dirs, plot_output = (
+        arguments.pop(name) for name in ("episodes", "record", "max_episode_steps", "plot", "plot_output"))
     if episodes is None:
         episodes = 1 if record else 10
     if "hidden_sizes" in arguments:
@@ -3023,8 +3071,8 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
         if (record or max_episode_steps) and not (eval_path or watch_path):
             raise UserError("--record and --max-episode-steps go with --eval or --watch CHECKPOINT")
         if eval_path or watch_path:
-            mean, std = evaluate(eval_path or watch_path, episodes, watch=bool(watch_path), device=arguments.get("device"),
-                                 record=record, max_episode_steps=max_episode_steps)
+            mean, std = evaluate(eval_path or watch_path, episodes, watch=bool(watch_path),
+                                 device=arguments.get("device"), record=record, max_episode_steps=max_episode_steps)
             print(f"return over {episodes} episodes: {mean:.2f} +/- {std:.2f}")
             if record:
                 print(f"recorded to {record}")

@@ -206,6 +206,13 @@ def test_the_readmes_map_of_part_one_follows_ppo_py():
     assert match and source[int(match[1])] == "# PART II. RUNNING IT AS A TOOL", match
 
 
+def test_no_line_of_ppo_py_is_wider_than_120_characters():
+    """A reader of ppo.py never scrolls sideways, in Part II as in Part I (CleanRL's widest
+    line is 120 characters)."""
+    wide = [number for number, line in enumerate(read("ppo.py").splitlines(), 1) if len(line) > 120]
+    assert not wide, f"lines of ppo.py over 120 characters: {wide}"
+
+
 def test_every_test_the_docs_name_exists():
     """docs/guarantees.md and docs/testing.md name the tests that hold each promise: each
     named test is a test function in tests/."""
