@@ -1720,6 +1720,10 @@ def check_compatible(checkpoint: dict, config: Config, path: str) -> None:
         if saved != wanted:
             raise UserError(f"{path} was trained with {name}={saved!r}, not {wanted!r}; "
                             f"resume with {as_flag(name, getattr(saved_config, name))} or start a new run")
+    done = checkpoint["iteration"]
+    if done >= config.num_iterations:  # nothing to train: a finished run, or a shorter one asked for
+        raise UserError(f"{path} has trained {done} iterations, all that --total-steps {config.total_steps} holds; "
+                        f"give --total-steps {(done + 1) * config.rollout_size} or more to train on, or --eval it")
 
 
 @checked_on_every_rank()  # each rank restores its own runner and random state: a damaged one stops every rank

@@ -428,6 +428,18 @@ def test_a_new_run_never_overwrites_an_existing_one(tmp_path, capsys):
     assert folder_contents(tmp_path) == before
 
 
+def test_a_resume_with_nothing_left_to_train_is_refused_and_writes_nothing(tmp_path, capsys, trained_run):
+    """A finished run resumed as it was, or with fewer --total-steps, in its folder or into a new one."""
+    shutil.copytree(trained_run, tmp_path / "run")
+    checkpoint, before = tmp_path / "run" / "checkpoint.pt", folder_contents(tmp_path / "run")
+    for flags, total_steps in [([], 1024), (["--total-steps", "512"], 512), (["--run-dir", str(tmp_path / "new")], 1024)]:
+        capsys.readouterr()
+        assert ppo.main(["--resume", str(checkpoint), *flags]) == 2
+        assert capsys.readouterr().err == (f"error: {checkpoint} has trained 2 iterations, all that --total-steps "
+                                           f"{total_steps} holds; give --total-steps 1536 or more to train on, or --eval it\n")
+    assert folder_contents(tmp_path / "run") == before and not (tmp_path / "new").exists()
+
+
 def test_tensorboard_scalars_when_the_package_is_installed(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
