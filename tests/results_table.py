@@ -40,10 +40,13 @@ TORCHRUN_SPEED = {"CartPole": "torchrun-speed-CartPole-Intel-Xeon-family6-model2
 TORCHRUN_LEARNING = "torchrun-2-ranks-CartPole-seeds1-12-Intel-Xeon-family6-model207.csv"
 MUJOCO_SPEED = "mujoco-speed-InvertedPendulum-v5-204800-Intel-Xeon-family6-model207.csv"
 MUJOCO_TABLE = "mujoco-table-Intel-Xeon-family6-model167.csv"
-MUJOCO_REFERENCES = {  # the PPO paper's Fig. 3 at one million steps (read off the curves), CleanRL's v4 runs (3 seeds)
-    "HalfCheetah-v5": ("~1,800", "1,442.64 ± 46.03"), "Hopper-v5": ("~2,330", "2,382.86 ± 271.74"),
-    "Walker2d-v5": ("~3,460", "2,287.95 ± 571.78"), "Swimmer-v5": ("~108", "-"), "Reacher-v5": ("~-7", "-"),
-    "InvertedPendulum-v5": ("~1,000", "963.09 ± 22.20"), "InvertedDoublePendulum-v5": ("~8,000", "-"),
+# The PPO paper's Fig. 3 at one million steps (read off the curves), CleanRL's v4 runs (3 seeds),
+# the SB3 zoo's tuned v3 runs (1 run, its evaluation).
+MUJOCO_REFERENCES = {
+    "HalfCheetah-v5": ("~1,800", "1,442.64 ± 46.03", "5,819.1"), "Hopper-v5": ("~2,330", "2,382.86 ± 271.74", "2,410.4"),
+    "Walker2d-v5": ("~3,460", "2,287.95 ± 571.78", "3,478.8"), "Swimmer-v5": ("~108", "-", "281.6"),
+    "Reacher-v5": ("~-7", "-", "-"), "InvertedPendulum-v5": ("~1,000", "963.09 ± 22.20", "-"),
+    "InvertedDoublePendulum-v5": ("~8,000", "-", "-"),
 }
 
 
@@ -177,20 +180,43 @@ def readme_rows() -> list[str]:
         f"| Speed at the PPO paper's MuJoCo settings, InvertedPendulum-v5, 204,800 steps, whole process | "
         f"{seconds(ppo_seconds)}, {sb3_seconds / ppo_seconds:.2f}x as fast as Stable-Baselines3 | Stable-Baselines3, the same "
         f"settings: {seconds(sb3_seconds)} | {MACHINE} | [results](docs/results.md#speed-at-the-ppo-papers-mujoco-settings) |",
+        "| The PPO paper's MuJoCo benchmark: 7 tasks (Gymnasium v5), 3 seeds, 1,000,000 steps, the mean return of the "
+        f"last 100 episodes | {mujoco_summary()} | the PPO paper (Fig. 3), CleanRL (v4) | Intel family 6 model 167 | "
+        "[the table](docs/results.md#the-ppo-papers-mujoco-benchmark) |",
     ]
 
 
-def mujoco_rows() -> list[str]:
+def mujoco_returns() -> dict[str, list[float]]:
+    """Each task's final mean returns, a value per seed."""
     table: dict[str, list[float]] = {}
     for row in rows(MUJOCO_TABLE):
         table.setdefault(row["task"], []).append(float(row["final_mean_return"]))
-    lines = ["| task (Gymnasium v5) | ppo.py: median (range) of 3 seeds | PPO paper, Fig. 3 (approx.) | CleanRL (v4, 3 seeds) |",
-             "| --- | --- | --- | --- |"]
-    for task, (paper, cleanrl) in MUJOCO_REFERENCES.items():
+    return table
+
+
+def mujoco_rows() -> list[str]:
+    table = mujoco_returns()
+    lines = ["| task | ppo.py, 3 seeds: median (range) | PPO paper, Fig. 3 (v1, approx.) | CleanRL (v4, 3 seeds) "
+             "| SB3 zoo (v3, tuned, 1 run, evaluation) |",
+             "| --- | --- | --- | --- | --- |"]
+    for task, (paper, cleanrl, zoo) in MUJOCO_REFERENCES.items():
         values = table[task]
-        lines.append(f"| {task.removesuffix('-v5')} | {statistics.median(values):,.1f} ({min(values):,.1f} to {max(values):,.1f}) "
-                     f"| {paper} | {cleanrl} |")
+        lines.append(f"| {task} | {statistics.median(values):,.1f} ({min(values):,.1f} to {max(values):,.1f}) "
+                     f"| {paper} | {cleanrl} | {zoo} |")
     return lines
+
+
+def mujoco_summary() -> str:
+    """How ppo.py's seeds stand beside the paper's value and CleanRL's mean, task by task."""
+    table, paper_below, above_cleanrl, shared = mujoco_returns(), 0, 0, 0
+    for task, (paper, cleanrl, _) in MUJOCO_REFERENCES.items():
+        values = table[task]
+        paper_below += float(paper.strip("~").replace(",", "")) <= max(values)
+        if cleanrl != "-":
+            shared += 1
+            above_cleanrl += statistics.median(values) > float(cleanrl.split(" ± ")[0].replace(",", ""))
+    return (f"the paper's value within or below the seeds' range on {paper_below} of {len(table)} tasks; the median "
+            f"above CleanRL's mean on {above_cleanrl} of the {shared} tasks both ran")
 
 
 def at_least(seeds: Seeds, column: str, value: float) -> int:
@@ -237,7 +263,8 @@ def results_doc_rows() -> list[str]:
                      f"{objective_summary(pendulum_runs[setting], '-200').split('-200')[1]} |")
     lines += ["", f"Files: [{commit_of(OBJECTIVES['CartPole'])}](../tests/results/{OBJECTIVES['CartPole']}), "
               f"[{commit_of(OBJECTIVES['Pendulum'])}](../tests/results/{OBJECTIVES['Pendulum']})."]
-    lines += ["", *mujoco_rows(), "", f"File: [{commit_of(MUJOCO_TABLE)}](../tests/results/{MUJOCO_TABLE}), on Intel family 6 "
+    lines += ["", "The PPO paper's MuJoCo benchmark: [its table](#the-ppo-papers-mujoco-benchmark), from "
+              f"[{commit_of(MUJOCO_TABLE)}](../tests/results/{MUJOCO_TABLE}), on Intel family 6 "
               "model 167: the runs trained by ppo.py at 4ee71f8 to 59f996a, tabled at fbd4551; later commits change the rounding "
               "of these runs (the normalizers' moments in float64), not their settings."]
     learning = Seeds(rows(TORCHRUN_LEARNING))
@@ -262,8 +289,8 @@ def results_doc_rows() -> list[str]:
 
 
 REGIONS = {  # file -> {region name: what it holds}
-    "README.md": {"first-run": first_run_lines, "results": readme_rows, "mujoco": mujoco_rows},
-    os.path.join("docs", "results.md"): {"current": results_doc_rows},
+    "README.md": {"first-run": first_run_lines, "results": readme_rows},
+    os.path.join("docs", "results.md"): {"current": results_doc_rows, "mujoco": mujoco_rows},
 }
 
 
