@@ -42,6 +42,9 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmark.py, beside this file
+from benchmark import cpu_model  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 COLUMNS = ["check", "device", "precision", "run", "steps", "seconds", "steps_per_second", "mean_return", "result", "detail"]
@@ -76,15 +79,6 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git here)"
     return (commit or "unknown (not a git checkout)") + (" with uncommitted changes to ppo.py" if changed else "")
-
-
-def cpu_model() -> str:
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def version(package: str) -> str:
