@@ -299,10 +299,12 @@ def test_a_run_killed_with_sigkill_resumes_at_once_and_a_checkpoint_evaluates_du
     assert training.poll() is None
     training.send_signal(signal.SIGKILL)
     training.wait()
-    resumed = subprocess.run([sys.executable, "ppo.py", "--resume", str(run_dir / "checkpoint.pt"), "--total-steps", "10240"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = torch.load(run_dir / "checkpoint.pt", weights_only=True)["iteration"]  # however far it got: one more
+    resumed = subprocess.run([sys.executable, "ppo.py", "--resume", str(run_dir / "checkpoint.pt"),
+                              "--total-steps", str((done + 1) * 512)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"checkpoint saved to {run_dir / 'checkpoint.pt'}" in resumed.stdout
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["iteration"] == done + 1
 
 
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
