@@ -772,13 +772,22 @@ def test_ctrl_c_during_eval_says_evaluation_stopped(tmp_path, capsys, monkeypatc
     assert capsys.readouterr().err == "evaluation stopped\n"
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc to see torch loading")
 def test_ctrl_c_while_loading_exits_130_without_a_traceback(tmp_path):
+    """The signal is sent once torch's library is mapped, while `import torch` runs (about a
+    second): a fixed wait sent it, on a loaded machine, before ppo.py's first line had run."""
     process = subprocess.Popen([sys.executable, "ppo.py", "--run-dir", str(tmp_path / "run")], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)  # torch and gymnasium take about a second to import
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with open(f"/proc/{process.pid}/maps") as maps:
+            if "libtorch" in maps.read():
+                break
+        time.sleep(0.005)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stdout == "", stdout  # stopped while loading, before any iteration
 
 
 def test_eval_of_a_checkpoint_without_its_observation_statistics_is_one_line(tmp_path, capsys):
