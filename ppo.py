@@ -715,7 +715,8 @@ class Config:
     learning_rate: float = option(2.5e-4, "Adam step size alpha, at most 1; typically 1e-4 to 3e-3",
                                   within="> 0", family="the update")
     anneal_lr: bool = option(True, "decay the learning rate linearly to 0 over the run; a resume with more "
-                             "--total-steps decays it from where it was to 0 at the new end", family="the update")
+                             "--total-steps decays it from where it was (from --learning-rate where that was 0) to 0 "
+                             "at the new end", family="the update")
     max_grad_norm: float = option(0.5, "clip the global gradient norm to this; typically 0.5",
                                   within="> 0", family="the update")
     target_kl: typing.Optional[float] = option(None, "end an iteration's whole update once approx KL exceeds this "
@@ -1292,10 +1293,12 @@ def check_environment(env_id: str) -> None:
         import ale_py
         gym.register_envs(ale_py)  # the ALE/ ids, and the old gym API's Atari ids
     # gym's old Atari ids: ale-py registers them for old code; without it, they are known by their form
+    # (Pong-v4, PongNoFrameskip-v0), unless another version of the name is registered (Pendulum-v4).
+    game = re.split(r"NoFrameskip|-v", env_id)[0]
     unregistered_old_id = (not ale_py_installed and env_id not in gym.registry
-                           and re.fullmatch(r"\w+(NoFrameskip-v[04]|-v4)", env_id))
+                           and re.fullmatch(r"\w+(NoFrameskip-v[04]|-v4)", env_id)
+                           and not any(known.startswith(f"{game}-v") for known in gym.registry))
     if is_old_atari(env_id) or unregistered_old_id:
-        game = re.split(r"NoFrameskip|-v", env_id)[0]
         preset = " or the preset --env Pong" if game == "Pong" else ""
         raise UserError(f"{env_id} is an Atari id of the old gym API, which ppo.py does not take; "
                         f"use --env ALE/{game}-v5 (ppo.py sets frame skip and sticky actions itself){preset}")
@@ -1390,17 +1393,18 @@ def cannot_be_made(env_id: str, error: Exception) -> UserError:
                      "fix the environment or choose another --env")
 
 
-def memory_needed(config: Config, observation_space: gym.Space, action_space: gym.Space) -> int:
+def memory_needed(config: Config, observation_space: gym.Space, action_space: gym.Space, processes: int = 1) -> int:
     """Bytes a run needs at least, estimated before anything is allocated: the rollout
     buffer and its flattened copy, the weights with their gradients and Adam's two moments,
-    the activations of one minibatch, and the environments' own state."""
+    the activations of one minibatch, and the environments' own state; under torchrun, those
+    of one of its W `processes`, which holds 1 / W of the environments and batches."""
     observation_bytes = math.prod(observation_space.shape) * (1 if len(observation_space.shape) == 3 else 4)
     action_size = math.prod(action_space.shape) if action_space.shape else 1
     per_step = observation_bytes + 8 * action_size + 4 * 4 + 3 * 4  # obs, action, log-prob, value; rewards, flags
-    buffer = 2 * config.rollout_size * per_step
+    buffer = 2 * config.rollout_size // processes * per_step
     outputs = int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else action_size
     # The KL penalty also runs the policy on the whole batch at once (the old distributions).
-    samples = config.rollout_size if config.objective == "kl-penalty" else config.minibatch_size
+    samples = (config.rollout_size if config.objective == "kl-penalty" else config.minibatch_size) // processes
     if len(observation_space.shape) == 3:
         # The cnn's linear layer dominates: at most one weight per pixel and feature.
         features = CNN_LAYERS[config.cnn][1]
@@ -1411,22 +1415,26 @@ def memory_needed(config: Config, observation_space: gym.Space, action_space: gy
         heads = [(observation_space.shape[0], *widths, outputs), (observation_space.shape[0], *widths, 1)]
         weights = sum(fan_in * fan_out + fan_out for sizes in heads for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
         activations = 3 * samples * sum(widths) * 4
-    environments = config.num_envs * (4_000_000 if is_atari(config.env_id) else 2 * observation_bytes + 1_000)
+    per_environment = 4_000_000 if is_atari(config.env_id) else 2 * observation_bytes + 1_000
+    environments = config.num_envs // processes * per_environment
     return buffer + 4 * 4 * weights + activations + environments
 
 
 def check_memory(config: Config, device: torch.device) -> None:
     """Refuse, before allocating, a configuration that cannot fit in the memory available now:
-    the GPU's free memory for a CUDA device (the buffer and networks live there), else the
-    host's MemAvailable (where it is unknown, nothing is refused)."""
-    needed, available = memory_needed(config, *single_spaces(config)), None
+    the GPU's free memory for a CUDA device (the buffer and networks live there; under torchrun
+    each process has a GPU of its own), else the host's MemAvailable, which the processes that
+    torchrun started on this machine share (where it is unknown, nothing is refused)."""
+    needed, available = memory_needed(config, *single_spaces(config), processes=world_size()), None
     if device.type == "cuda":
         available = torch.cuda.mem_get_info(device)[0]
     else:
+        needed *= int(os.environ.get("LOCAL_WORLD_SIZE", world_size())) if world_size() > 1 else 1
         with contextlib.suppress(OSError), open("/proc/meminfo") as file:
             available = next((int(line.split()[1]) * 1024 for line in file if line.startswith("MemAvailable:")), None)
     if available is not None and needed > available:
-        raise UserError(f"this configuration needs about {needed / 2**30:,.1f} GiB of {device.type} memory "
+        where = f"{device.type} memory" + (" per GPU" if device.type == "cuda" and world_size() > 1 else "")
+        raise UserError(f"this configuration needs about {needed / 2**30:,.1f} GiB of {where} "
                         f"(rollout buffer of {config.num_envs:,} environments x {config.num_steps:,} steps, networks "
                         f"of widths {shown(config.hidden_sizes)}), more than the {available / 2**30:,.1f} GiB "
                         "available; lower --num-envs, --num-steps or --hidden-sizes")
@@ -1774,7 +1782,8 @@ def restore(checkpoint: dict, path: str, agent: nn.Module,
 def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float]:
     """Where the learning-rate decay of a resumed run starts. The same run continued keeps
     its schedule. With more (or fewer) --total-steps, the rate goes on from the value it
-    had, decaying to 0 at the new end; with a new --learning-rate, it starts from that.
+    had, decaying to 0 at the new end; with a new --learning-rate, it starts from that, and
+    so it does where the rate had decayed to 0 (a finished run), which would not train.
     Without annealing (--no-anneal-lr) the rate is --learning-rate throughout."""
     saved_config, saved = checkpoint["config"], checkpoint["schedule_start"]
     start = (saved["iteration"], saved["learning_rate"])
@@ -1782,10 +1791,10 @@ def resumed_schedule_start(checkpoint: dict, config: Config) -> tuple[int, float
         return checkpoint["iteration"], config.learning_rate
     if config.num_iterations != saved_config.num_iterations or config.anneal_lr != saved_config.anneal_lr:
         rate = annealed_learning_rate(saved_config, checkpoint["iteration"], start)
-        if config.anneal_lr and rate == 0 and checkpoint["iteration"] < config.num_iterations:
-            raise UserError(f"this run's learning rate had decayed to 0 when it was saved, so more --total-steps "
-                            "alone would not train; also give a --learning-rate "
-                            f"(it began at {saved_config.learning_rate:g})")
+        if config.anneal_lr and rate == 0:
+            say(f"note: this run's learning rate had decayed to 0, so its decay starts again from "
+                f"--learning-rate {config.learning_rate:g}")
+            rate = config.learning_rate
         return checkpoint["iteration"], rate
     return start
 
@@ -2172,6 +2181,9 @@ def read_metrics(run_dir: str) -> dict[str, np.ndarray]:
                  for name in {column for _, *columns in CURVE_PANELS for column in columns}}
     except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError):
         raise UserError(f"{path} is not a metrics file that ppo.py wrote; give folders that runs wrote") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path} ({error.strerror}); give folders that runs wrote and you can "
+                        "read") from None
     if not rows:
         raise UserError(f"{path} has no rows yet: its run has not finished an iteration; plot it after the first one")
     table["wall_seconds"] = cumulative_wall_seconds(table["wall_seconds"])
@@ -2312,7 +2324,7 @@ def read_run_config(run_dir: str) -> dict:
     path, values = os.path.join(run_dir, "config.json"), None
     with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError), open(path) as file:
         values = json.load(file)
-    if not isinstance(values, dict):
+    if not isinstance(values, dict) or not isinstance(values.get("env"), str):
         raise UserError(f"{path} is missing or not a config that ppo.py wrote; give folders that runs wrote")
     return values
 
@@ -2370,7 +2382,7 @@ def plot_runs(run_dirs: list[str], output: str) -> None:
     if os.path.exists(output) and picture_mark(output) != PLOT_MARK:
         raise UserError(f"{output} exists and is not a picture that --plot drew, so it is kept; "
                         "choose another --plot-output")
-    environments = [PRESETS[values["env"]][0] if values.get("env") in PRESETS else str(values.get("env"))
+    environments = [PRESETS[values["env"]][0] if values["env"] in PRESETS else values["env"]
                     for values in configs]  # a preset's runs and its gymnasium id's are one environment
     panels = []  # the mean return of each environment, its runs grouped by setting
     for environment in dict.fromkeys(environments):
@@ -2457,8 +2469,7 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
     learner = build_learner(config, device)
     if isinstance(learner.agent.encoder, BFloat16Encoder) and bfloat16_is_slow(device):
         say(f"note: --precision bfloat16 on a CPU without AVX-512 ({torch.backends.cpu.get_cpu_capability()}) is "
-            "slow: the Pong preset trained 5.8x slower than in float32 on an AVX2 AMD EPYC; --precision float32 is "
-            "faster here")
+            "slow, since torch emulates bfloat16 there; --precision float32 is faster here")
     folder = RunFolder(run_dir, config)
     recent_returns: deque = deque(maxlen=config.return_window)  # the mean return logged is of these episodes
     iterations_done, global_step, schedule_start = 0, 0, (0, config.learning_rate)
@@ -2504,6 +2515,9 @@ def run(config: Config, device: torch.device, run_dir: str, checkpoint: typing.O
                 if iterations_done % config.save_every == 0:
                     on_rank_0(folder.save, state(), False)
             on_rank_0(folder.save, state(), True)  # never reached after a divergence: the last good one stays
+    except KeyboardInterrupt as interrupt:  # a second stop signal: the checkpoint already written is kept
+        interrupt.kept = folder.checkpoint_path if os.path.exists(folder.checkpoint_path) else None
+        raise
     finally:
         folder.close()
         learner.envs.close()
@@ -2559,7 +2573,7 @@ def keep_freed_memory() -> bool:
     thresholds often hand such blocks back to the kernel, so the next one page-faults its
     memory in again. Here blocks up to 32 MiB (the largest mmap threshold glibc accepts on 64
     bits) come from the heap, and up to 1 GiB of free heap is kept: the peak memory of one
-    update stays allocated. Measured on Pong: docs/pong-on-a-cpu.md, "Levers for a faster CPU run"."""
+    update stays allocated (docs/pong-on-a-cpu.md, "bfloat16 and the memory kept for reuse")."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)  # the C library this interpreter already runs on
@@ -2568,7 +2582,8 @@ def keep_freed_memory() -> bool:
 
 def bfloat16_is_slow(device: torch.device) -> bool:
     """Whether autocast's bfloat16 is known to be slower than float32 here: on an x86 CPU without
-    AVX-512 (docs/pong-on-a-cpu.md, "Levers for a faster CPU run"); unmeasured elsewhere."""
+    AVX-512, where torch emulates it (docs/pong-on-a-cpu.md, "bfloat16 and the memory kept for
+    reuse"); unmeasured elsewhere."""
     return device.type == "cpu" and torch.backends.cpu.get_cpu_capability() in ("NO AVX", "AVX2")
 
 
@@ -3054,8 +3069,7 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
     resume, eval_path, watch_path = (arguments.pop(name, None) for name in ("resume", "eval", "watch"))
     episodes, record, max_episode_steps, plot_dirs, plot_output = (
         arguments.pop(name) for name in ("episodes", "record", "max_episode_steps", "plot", "plot_output"))
-    if episodes is None:
-        episodes = 1 if record else 10
+    evaluation_flags = episodes is not None or record is not None or max_episode_steps is not None
     if "hidden_sizes" in arguments:
         arguments["hidden_sizes"] = tuple(arguments["hidden_sizes"])
     try:
@@ -3064,7 +3078,7 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
         if (eval_path or watch_path or plot_dirs is not None) and started_by_torchrun():
             raise UserError("--eval, --watch and --plot run in one process; start them with python, not torchrun")
         if plot_dirs is not None:
-            if resume or eval_path or watch_path or arguments:
+            if resume or eval_path or watch_path or arguments or evaluation_flags:
                 raise UserError("--plot draws runs from their folders and takes no other flag but --plot-output")
             plot_output = plot_output or "learning-curves.png"
             plot_runs(plot_dirs, plot_output)
@@ -3072,8 +3086,15 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
             return 0
         if plot_output:
             raise UserError("--plot-output names the picture of --plot RUN_DIR ...; give --plot too")
-        if (record or max_episode_steps) and not (eval_path or watch_path):
-            raise UserError("--record and --max-episode-steps go with --eval or --watch CHECKPOINT")
+        if evaluation_flags and not (eval_path or watch_path):
+            raise UserError("--episodes, --record and --max-episode-steps go with --eval or --watch CHECKPOINT")
+        if (eval_path or watch_path) and set(arguments) - {"device"}:
+            given = ", ".join(flag_name(name) for name in arguments if name != "device")
+            raise UserError(f"--eval and --watch play with the settings the checkpoint was trained with, which {given} "
+                            "would not change; beside them give only --device, --episodes, --record or "
+                            "--max-episode-steps")
+        if episodes is None:
+            episodes = 1 if record else 10
         if eval_path or watch_path:
             mean, std = evaluate(eval_path or watch_path, episodes, watch=bool(watch_path),
                                  device=arguments.get("device"), record=record, max_episode_steps=max_episode_steps)
@@ -3100,9 +3121,13 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
         if not (isinstance(error, StoppedOnAnotherRank) or lost_another_rank(error)):
             raise
         return 1
-    except KeyboardInterrupt:
-        print("evaluation stopped" if eval_path or watch_path else
-              "stopped without saving; the last periodic checkpoint is kept", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        kept = getattr(interrupt, "kept", None)  # set by `run`
+        if plot_dirs is not None or eval_path or watch_path:
+            message = "--plot stopped; it wrote nothing" if plot_dirs is not None else "evaluation stopped"
+        else:
+            message = "stopped without saving" + (f"; the last checkpoint, {kept}, is kept" if kept else "")
+        print(message, file=sys.stderr)
         return 130
     return 128 + metrics["signal"] if metrics["status"] == "interrupted" else 0
 

@@ -230,8 +230,9 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("arguments, message", BAD_INPUTS)
 def test_bad_input_is_one_clear_line_and_exit_2_and_writes_nothing(tmp_path, capsys, arguments, message):
     run_dir = tmp_path / "run"
+    evaluation = arguments[0] in ("--eval", "--watch")  # which take no --run-dir: they write no run folder
     try:
-        status = ppo.main(arguments + ["--run-dir", str(run_dir)])
+        status = ppo.main(arguments + ([] if evaluation else ["--run-dir", str(run_dir)]))
     except SystemExit as exit:  # argparse's own errors leave through sys.exit
         status = exit.code
     assert status == 2
@@ -346,6 +347,10 @@ def test_an_old_gym_atari_id_without_ale_py_still_gets_the_id_to_use(tmp_path, c
     assert ppo.main(["--env", "BreakoutNoFrameskip-v4", "--run-dir", str(tmp_path / "run")]) == 2
     assert "use --env ALE/Breakout-v5" in capsys.readouterr().err
     ppo.check_environment("Hopper-v4")  # an id of the same form that is registered is not refused
+    capsys.readouterr()
+    assert ppo.main(["--env", "Pendulum-v4", "--run-dir", str(tmp_path / "run")]) == 2  # a mistyped version
+    error = capsys.readouterr().err
+    assert error.startswith("error: unknown environment 'Pendulum-v4': did you mean Pendulum-v1"), error
 
 
 def test_close_matches_of_an_unknown_id_leave_out_the_old_atari_ids(tmp_path, capsys):

@@ -704,6 +704,22 @@ def test_the_estimate_is_small_for_the_presets():
         assert ppo.memory_needed(config, *ppo.single_spaces(config)) < 2**30
 
 
+def test_under_torchrun_the_memory_estimate_is_one_processs_share(monkeypatch):
+    """Each of W processes holds 1 / W of the environments and batches: on a GPU of its own that
+    share is compared with the GPU's free memory; on the CPU, the shares of the processes of this
+    machine with the host's (as one process's whole need is)."""
+    config = ppo.make_config("CartPole", num_envs=1024, num_steps=1024, num_minibatches=4, total_steps=2**20)
+    whole = ppo.memory_needed(config, *ppo.single_spaces(config))
+    share = ppo.memory_needed(config, *ppo.single_spaces(config), processes=2)
+    assert whole / 2 < share < whole / 1.9  # the weights are each process's own
+    monkeypatch.setattr(ppo, "world_size", lambda: 2)
+    monkeypatch.setattr(ppo.torch.cuda, "mem_get_info", lambda device: ((share + whole) // 2, 2 * whole))
+    ppo.check_memory(config, torch.device("cuda", 0))  # more than a share, less than the whole: it fits
+    monkeypatch.setattr(ppo.torch.cuda, "mem_get_info", lambda device: (share - 1, 2 * whole))
+    with pytest.raises(ppo.UserError, match="GiB of cuda memory per GPU"):
+        ppo.check_memory(config, torch.device("cuda", 0))
+
+
 def test_frames_too_small_for_the_cnn_are_refused_and_integer_vectors_are_taken():
     config = ppo.make_config("CartPole")
     with pytest.raises(ppo.UserError, match="frames of 16x16 are too small for the nature cnn"):
@@ -772,6 +788,36 @@ def test_ctrl_c_during_eval_says_evaluation_stopped(tmp_path, capsys, monkeypatc
     assert capsys.readouterr().err == "evaluation stopped\n"
 
 
+@pytest.mark.parametrize("stopped_in, kept", [(1, False), (3, True)])
+def test_a_second_stop_signal_quits_at_once_and_says_which_checkpoint_is_kept(tmp_path, capsys, monkeypatch,
+                                                                              stopped_in, kept):
+    """The second signal raises KeyboardInterrupt wherever the run is: here in iteration 1, before any
+    checkpoint, or in iteration 3, after those of iterations 1 and 2 (--save-every 1)."""
+    real_iteration, calls = ppo.ppo_iteration, []
+    def iteration(*arguments, **keywords):
+        calls.append(None)
+        if len(calls) == stopped_in:
+            raise KeyboardInterrupt
+        return real_iteration(*arguments, **keywords)
+    monkeypatch.setattr(ppo, "ppo_iteration", iteration)
+    capsys.readouterr()
+    assert ppo.main(["--run-dir", str(tmp_path / "run"), "--total-steps", "2048", "--save-every", "1"]) == 130
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    assert capsys.readouterr().err == (f"stopped without saving; the last checkpoint, {checkpoint}, is kept\n" if kept
+                                       else "stopped without saving\n")
+    assert checkpoint.exists() == kept
+    if kept:
+        assert torch.load(checkpoint, weights_only=True)["iteration"] == 2
+
+
+def test_ctrl_c_during_plot_says_it_wrote_nothing(tmp_path, capsys, monkeypatch):
+    def interrupted(*arguments, **keywords):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ppo, "plot_runs", interrupted)
+    assert ppo.main(["--plot", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "--plot stopped; it wrote nothing\n"
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc to see torch loading")
 def test_ctrl_c_while_loading_exits_130_without_a_traceback(tmp_path):
     """The signal is sent once torch's library is mapped, while `import torch` runs (about a
@@ -811,13 +857,18 @@ def test_a_metrics_file_that_is_not_ppos_is_refused_on_resume(tmp_path, capsys):
     assert hashes(tmp_path) == before
 
 
-def test_a_run_whose_learning_rate_decayed_to_0_needs_a_new_one_to_go_on(tmp_path, capsys):
+@pytest.mark.parametrize("flags, rate", [([], 2e-3), (["--learning-rate", "2e-3"], 2e-3), (["--learning-rate", "1e-3"], 1e-3)])
+def test_a_run_whose_learning_rate_decayed_to_0_starts_its_decay_again(tmp_path, capsys, flags, rate):
+    """Given more --total-steps, a finished run (its rate at 0) decays again from --learning-rate: its own
+    (the preset's 2e-3, also when typed again) or a new one; it says so where the rate was its own."""
     ppo.ppo(cartpole(tmp_path, total_steps=1024))
-    before = hashes(tmp_path)
     capsys.readouterr()
-    assert ppo.main(["--resume", str(tmp_path / "checkpoint.pt"), "--total-steps", "2048"]) == 2
-    one_error_line(capsys, "had decayed to 0 when it was saved, so more --total-steps alone would not train")
-    assert hashes(tmp_path) == before
+    assert ppo.main(["--resume", str(tmp_path / "checkpoint.pt"), "--total-steps", "2048", *flags]) == 0
+    note = "note: this run's learning rate had decayed to 0, so its decay starts again from --learning-rate 0.002"
+    assert (note in capsys.readouterr().out) == (rate == 2e-3)
+    column = ppo.METRIC_COLUMNS.index("learning_rate")
+    rates = [float(row.split(",")[column]) for row in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+    assert rates[2:] == [rate, rate / 2]  # iterations 3 and 4 of 4: from the rate down to 0 at the new end
 
 
 def test_beta_resumes_from_its_adapted_value_or_from_a_new_kl_coef(tmp_path):

@@ -141,17 +141,32 @@ def test_plot_of_several_environments_draws_one_return_panel_each(three_runs, tm
         ["--learning-rate 0.002 (seeds 1, 2)", "--learning-rate 0.005 (seed 1)"], ["(seed 1)"]]
 
 
+def test_plot_of_a_metrics_file_it_cannot_read_is_one_line(three_runs, tmp_path, capsys, monkeypatch):
+    """As for a user without read permission (the tests may run as root, whom no mode stops)."""
+    def unreadable(path, *arguments, **options):
+        if str(path).endswith("metrics.csv"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return open(path, *arguments, **options)
+    monkeypatch.setattr(ppo, "open", unreadable, raising=False)
+    assert ppo.main(["--plot", three_runs[0], "--plot-output", str(tmp_path / "curves.png")]) == 2
+    one_error_line(capsys, f"cannot read {os.path.join(three_runs[0], 'metrics.csv')} (Permission denied); "
+                           "give folders that runs wrote and you can read")
+    assert not (tmp_path / "curves.png").exists()
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "is not a folder; give run folders to --plot"),
     ("no metrics", "holds no metrics.csv, so it is not a run folder"),
     ("header only", "has no rows yet: its run has not finished an iteration"),
     ("not csv", "is not a metrics file that ppo.py wrote"),
     ("no config", "config.json is missing or not a config that ppo.py wrote"),
+    ("config of another form", "config.json is missing or not a config that ppo.py wrote"),
     ("twice", "a run folder is given twice to --plot"),
     ("user's picture", "exists and is not a picture that --plot drew, so it is kept"),
     ("not png", "--plot draws PNG pictures; name the file <name>.png"),
     ("no such folder for the output", "does not exist; create it or choose another path"),
     ("training flag", "--plot draws runs from their folders and takes no other flag but --plot-output"),
+    ("evaluation flag", "--plot draws runs from their folders and takes no other flag but --plot-output"),
     ("output without plot", "--plot-output names the picture of --plot RUN_DIR"),
 ])
 def test_bad_plot_input_is_one_line_and_exit_2_and_overwrites_nothing(three_runs, tmp_path, capsys, case, message):
@@ -159,13 +174,18 @@ def test_bad_plot_input_is_one_line_and_exit_2_and_overwrites_nothing(three_runs
     output.write_bytes(b"a user's own file")
     if case != "missing":
         run.mkdir()
-    if case in ("header only", "not csv", "no config"):
+    own_metrics = open(os.path.join(three_runs[0], "metrics.csv")).read()
+    if case in ("header only", "not csv", "no config", "config of another form"):
         (run / "metrics.csv").write_text({"header only": ",".join(ppo.METRIC_COLUMNS) + "\n", "not csv": "name,score\nada,3\n",
-                                          "no config": (open(os.path.join(three_runs[0], "metrics.csv")).read())}[case])
+                                          "no config": own_metrics, "config of another form": own_metrics}[case])
+    if case == "config of another form":
+        (run / "config.json").write_text('{"env": ["CartPole"], "seed": 1}')
     arguments = {"twice": [three_runs[0], three_runs[0]]}.get(case, [str(run)] if case in
-                 ("missing", "no metrics", "header only", "not csv", "no config") else [three_runs[0]])
+                 ("missing", "no metrics", "header only", "not csv", "no config", "config of another form")
+                 else [three_runs[0]])
     output_flag = {"not png": str(tmp_path / "curves.svg"), "no such folder for the output": str(tmp_path / "no" / "c.png")}.get(case, str(output))
-    command = ["--plot", *arguments, "--plot-output", output_flag] + (["--env", "Pendulum"] if case == "training flag" else [])
+    command = ["--plot", *arguments, "--plot-output", output_flag] + {"training flag": ["--env", "Pendulum"],
+                                                                      "evaluation flag": ["--episodes", "3"]}.get(case, [])
     if case == "output without plot":
         command = ["--plot-output", output_flag, "--run-dir", str(tmp_path / "new")]
     assert ppo.main(command) == 2
@@ -279,6 +299,9 @@ def test_watch_says_why_where_there_is_no_display(tmp_path, capsys, monkeypatch)
     (["--record", "mine.gif"], "exists, and a recording never replaces a file"),
     (["--record", "no/such/folder/agent.gif"], "does not exist; create it or choose another path"),
     (["--max-episode-steps", "0"], "--max-episode-steps must be a positive integer"),
+    (["--env", "Pendulum", "--seed", "7", "--device", "cpu"], "--eval and --watch play with the settings the checkpoint "
+     "was trained with, which --env, --seed would not change; beside them give only --device, --episodes, --record or "
+     "--max-episode-steps"),
 ])
 def test_bad_record_input_is_one_line_and_exit_2_and_overwrites_nothing(tmp_path, capsys, monkeypatch, flags, message):
     checkpoint = ppo.ppo(cartpole(tmp_path / "run"))["checkpoint"]
@@ -290,9 +313,10 @@ def test_bad_record_input_is_one_line_and_exit_2_and_overwrites_nothing(tmp_path
     assert (tmp_path / "mine.gif").read_bytes() == b"a user's own file" and sorted(os.listdir(tmp_path)) == ["mine.gif", "run"]
 
 
-def test_record_without_eval_is_one_line(tmp_path, capsys):
-    assert ppo.main(["--record", "agent.gif", "--run-dir", str(tmp_path / "run")]) == 2
-    one_error_line(capsys, "--record and --max-episode-steps go with --eval or --watch CHECKPOINT")
+@pytest.mark.parametrize("flags", [["--record", "agent.gif"], ["--episodes", "3"], ["--max-episode-steps", "5"]])
+def test_record_without_eval_is_one_line(tmp_path, capsys, flags):
+    assert ppo.main([*flags, "--run-dir", str(tmp_path / "run")]) == 2
+    one_error_line(capsys, "--episodes, --record and --max-episode-steps go with --eval or --watch CHECKPOINT")
     assert not (tmp_path / "run").exists()
 
 
