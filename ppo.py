@@ -1073,6 +1073,11 @@ def started_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def processes_on_this_machine() -> int:
+    """How many processes torchrun started on this machine (LOCAL_WORLD_SIZE): 1 without it."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+
+
 def is_first_process() -> bool:
     """Whether this is the process that prints and writes: the only one, or torchrun's rank 0."""
     return os.environ.get("RANK", "0") == "0"
@@ -1090,7 +1095,7 @@ def process_group(device: torch.device):
         if device.index is not None:
             raise UserError(f"--device {device}: under torchrun each process uses GPU LOCAL_RANK of its machine; "
                             "give --device cuda")
-        processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        processes_here = processes_on_this_machine()
         gpus = torch.cuda.device_count()
         if processes_here > gpus:  # every rank sees the same numbers, so every rank stops alike
             raise UserError(f"torchrun started {processes_here} processes on this machine, which has {gpus} "
@@ -1429,7 +1434,7 @@ def check_memory(config: Config, device: torch.device) -> None:
     if device.type == "cuda":
         available = torch.cuda.mem_get_info(device)[0]
     else:
-        needed *= int(os.environ.get("LOCAL_WORLD_SIZE", world_size())) if world_size() > 1 else 1
+        needed *= processes_on_this_machine()
         with contextlib.suppress(OSError), open("/proc/meminfo") as file:
             available = next((int(line.split()[1]) * 1024 for line in file if line.startswith("MemAvailable:")), None)
     if available is not None and needed > available:
@@ -3069,7 +3074,7 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
     resume, eval_path, watch_path = (arguments.pop(name, None) for name in ("resume", "eval", "watch"))
     episodes, record, max_episode_steps, plot_dirs, plot_output = (
         arguments.pop(name) for name in ("episodes", "record", "max_episode_steps", "plot", "plot_output"))
-    evaluation_flags = episodes is not None or record is not None or max_episode_steps is not None
+    evaluation_flags_given = episodes is not None or record is not None or max_episode_steps is not None
     if "hidden_sizes" in arguments:
         arguments["hidden_sizes"] = tuple(arguments["hidden_sizes"])
     try:
@@ -3078,7 +3083,7 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
         if (eval_path or watch_path or plot_dirs is not None) and started_by_torchrun():
             raise UserError("--eval, --watch and --plot run in one process; start them with python, not torchrun")
         if plot_dirs is not None:
-            if resume or eval_path or watch_path or arguments or evaluation_flags:
+            if resume or eval_path or watch_path or arguments or evaluation_flags_given:
                 raise UserError("--plot draws runs from their folders and takes no other flag but --plot-output")
             plot_output = plot_output or "learning-curves.png"
             plot_runs(plot_dirs, plot_output)
@@ -3086,7 +3091,7 @@ def main(argv: typing.Optional[list[str]] = None) -> int:
             return 0
         if plot_output:
             raise UserError("--plot-output names the picture of --plot RUN_DIR ...; give --plot too")
-        if evaluation_flags and not (eval_path or watch_path):
+        if evaluation_flags_given and not (eval_path or watch_path):
             raise UserError("--episodes, --record and --max-episode-steps go with --eval or --watch CHECKPOINT")
         if (eval_path or watch_path) and set(arguments) - {"device"}:
             given = ", ".join(flag_name(name) for name in arguments if name != "device")
